@@ -1,0 +1,231 @@
+"""Input ids and trained positions of a conversation, from its chat template (S1-S4, S10, S11).
+
+The input ids are exactly what inference tokenizes: the whole conversation rendered by the chat
+template, tokenized once (``add_special_tokens=False``, as ``apply_chat_template`` does), never the
+prompt and the response tokenized apart and glued (S1).
+
+The trained span of an assistant turn runs from the first character of its content to the end of
+its end-of-turn token (the first special token after the content; for a template without special
+tokens, the end of the turn's text without trailing whitespace). A token that overlaps the span is
+trained, so a BPE merge of glue and content is trained. With ``{% generation %}`` tags the tags
+decide. Where each turn starts and ends is found by rendering the conversation incrementally, so
+what a message *contains* cannot move the mask (S11).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from .errors import ConversationError, TemplateError, TokenizerError
+
+ROLES = ("system", "user", "assistant")
+POLICIES = ("all", "last")
+_GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
+@dataclass(frozen=True)
+class TurnSpan:
+    """Token positions ``[start, stop)`` trained for the assistant message ``message``."""
+
+    message: int
+    start: int
+    stop: int
+    end_token: int | None  # position of the end-of-turn token, when the template has one
+
+
+@dataclass
+class Example:
+    """One tokenized conversation: its input ids and which positions are training targets."""
+
+    input_ids: list[int]
+    trained: list[bool]
+    turns: list[TurnSpan] = field(default_factory=list)
+    text: str = ""
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def n_trained(self) -> int:
+        return sum(self.trained)
+
+
+def validate_conversation(conversation, index: int = 0, roles: Sequence[str] = ROLES) -> None:
+    """Raise :class:`ConversationError` naming the example and field unless it is well formed."""
+    if not isinstance(conversation, Sequence) or isinstance(conversation, (str, bytes)):
+        raise ConversationError(
+            f"a conversation must be a list of messages, got {type(conversation).__name__}",
+            example=index, field="conversation")
+    if len(conversation) == 0:
+        raise ConversationError("the conversation is empty", example=index, field="conversation")
+    for j, message in enumerate(conversation):
+        if not isinstance(message, Mapping):
+            raise ConversationError(
+                f"must be a mapping with 'role' and 'content', got {type(message).__name__}",
+                example=index, field=f"messages[{j}]")
+        for key in ("role", "content"):
+            if key not in message:
+                raise ConversationError(f"missing key {key!r}", example=index,
+                                        field=f"messages[{j}]")
+        if message["role"] not in roles:
+            raise ConversationError(
+                f"unknown role {message['role']!r} (expected one of {', '.join(roles)})",
+                example=index, field=f"messages[{j}].role")
+        if not isinstance(message["content"], str):
+            raise ConversationError(
+                f"content must be a string, got {type(message['content']).__name__}",
+                example=index, field=f"messages[{j}].content")
+    if not any(m["role"] == "assistant" for m in conversation):
+        raise ConversationError("the conversation has no assistant turn, so nothing to train",
+                                example=index, field="conversation")
+
+
+def check_tokenizer(tokenizer, *, need_offsets: bool = True) -> None:
+    """Raise :class:`TokenizerError` unless the tokenizer can render and map chat turns."""
+    name = getattr(tokenizer, "name_or_path", type(tokenizer).__name__)
+    if not getattr(tokenizer, "chat_template", None):
+        raise TokenizerError(f"tokenizer {name!r} has no chat template; set "
+                             "tokenizer.chat_template or pick a bundled template",
+                             field="tokenizer.chat_template")
+    if need_offsets and not getattr(tokenizer, "is_fast", False):
+        raise TokenizerError(f"tokenizer {name!r} is a slow (Python) tokenizer; offsets are "
+                             "needed to map template spans to tokens: load it with use_fast=True",
+                             field="tokenizer")
+
+
+def has_generation_tags(tokenizer) -> bool:
+    return bool(_GENERATION_TAG.search(tokenizer.chat_template or ""))
+
+
+def render(tokenizer, messages, *, add_generation_prompt: bool = False) -> str:
+    """The chat template's text for ``messages``, as inference renders it."""
+    return tokenizer.apply_chat_template(list(messages), tokenize=False,
+                                         add_generation_prompt=add_generation_prompt)
+
+
+def _special_ids(tokenizer) -> set[int]:
+    ids = set(tokenizer.all_special_ids)
+    for token in getattr(tokenizer, "added_tokens_decoder", {}).values():
+        if getattr(token, "special", False):
+            ids.add(tokenizer.convert_tokens_to_ids(token.content))
+    return ids
+
+
+def _locate_content(turn_text: str, content: str) -> tuple[int, int]:
+    """Where the message content (as the template rendered it) sits in the turn's text."""
+    for rendered in (content, content.strip(), content.lstrip(), content.rstrip()):
+        pos = turn_text.find(rendered)
+        if pos >= 0:
+            return pos, pos + len(rendered)
+    raise ValueError("content not found")
+
+
+def _spans_from_rendering(conversation, tokenizer, text, offsets, ids, index):
+    special = _special_ids(tokenizer)
+    spans = []
+    for j, message in enumerate(conversation):
+        if message["role"] != "assistant":
+            continue
+        if j:
+            before = render(tokenizer, conversation[:j], add_generation_prompt=True)
+        else:  # nothing precedes: the generation prompt alone is the header
+            before = render(tokenizer, [], add_generation_prompt=True) if _renders_empty(
+                tokenizer) else ""
+        through = render(tokenizer, conversation[: j + 1])
+        if not text.startswith(before) or not text.startswith(through):
+            raise TemplateError(
+                "the chat template is not prefix-stable: rendering the first "
+                f"{j} messages with add_generation_prompt=True does not give a prefix of the whole "
+                "conversation, so turns cannot be located (use {% generation %} tags)",
+                example=index, field=f"messages[{j}]")
+        turn_text = text[len(before):len(through)]
+        try:
+            c0, c1 = _locate_content(turn_text, message["content"])
+        except ValueError:
+            raise TemplateError("the assistant content does not appear in its rendered turn",
+                                example=index, field=f"messages[{j}].content") from None
+        content_start, content_end = len(before) + c0, len(before) + c1
+        span_end, end_token = None, None
+        for t, (s, e) in enumerate(offsets):
+            if s >= content_end and e <= len(through) and ids[t] in special and e > s:
+                span_end, end_token = e, t
+                break
+        if span_end is None:
+            span_end = len(before) + len(turn_text.rstrip())
+        positions = [t for t, (s, e) in enumerate(offsets)
+                     if s < span_end and e > content_start and e > s]
+        if not positions:
+            continue
+        spans.append(TurnSpan(j, positions[0], positions[-1] + 1, end_token))
+    return spans
+
+
+def _renders_empty(tokenizer) -> bool:
+    try:
+        render(tokenizer, [], add_generation_prompt=True)
+        return True
+    except Exception:  # a template that indexes messages[0] cannot render nothing
+        return False
+
+
+def _spans_from_generation_tags(conversation, tokenizer, ids, index):
+    out = tokenizer.apply_chat_template(list(conversation), tokenize=True, return_dict=True,
+                                        return_assistant_tokens_mask=True)
+    if list(out["input_ids"]) != ids:
+        raise TemplateError("apply_chat_template(tokenize=True) disagrees with tokenizing the "
+                            "rendered text", example=index, field="tokenizer")
+    mask = list(out["assistant_masks"])
+    runs, start = [], None
+    for t, m in enumerate(mask + [0]):
+        if m and start is None:
+            start = t
+        elif not m and start is not None:
+            runs.append((start, t))
+            start = None
+    assistant_messages = [j for j, m in enumerate(conversation) if m["role"] == "assistant"]
+    spans = []
+    for k, (s, e) in enumerate(runs):
+        message = assistant_messages[k] if k < len(assistant_messages) else -1
+        spans.append(TurnSpan(message, s, e, None))
+    return spans
+
+
+def build_example(conversation, tokenizer, *, policy: str = "all", index: int = 0) -> Example:
+    """Tokenize ``conversation`` as inference does and mark its trained positions.
+
+    ``policy``: ``"all"`` trains every assistant turn (the default, S10), ``"last"`` only the last.
+    ``index`` is the example's position in the user's data, used in error messages.
+    """
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+    validate_conversation(conversation, index)
+    check_tokenizer(tokenizer)
+    try:
+        text = render(tokenizer, conversation)
+    except Exception as exc:  # jinja errors, raise_exception() in the template
+        raise TemplateError(f"the chat template failed to render: {exc}", example=index,
+                            field="conversation") from exc
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    offsets = [tuple(o) for o in enc["offset_mapping"]]
+    if has_generation_tags(tokenizer):
+        spans = _spans_from_generation_tags(conversation, tokenizer, ids, index)
+    else:
+        spans = _spans_from_rendering(conversation, tokenizer, text, offsets, ids, index)
+    if policy == "last":
+        spans = spans[-1:]
+    trained = [False] * len(ids)
+    for span in spans:
+        for t in range(span.start, span.stop):
+            trained[t] = True
+    return Example(ids, trained, spans, text)
+
+
+def prompt_ids(conversation, tokenizer) -> list[int]:
+    """Token ids of the prompt as inference sees it: everything before the last assistant turn,
+    rendered with ``add_generation_prompt=True``."""
+    last = max(j for j, m in enumerate(conversation) if m["role"] == "assistant")
+    text = render(tokenizer, conversation[:last], add_generation_prompt=True)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])

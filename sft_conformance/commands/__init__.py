@@ -1,0 +1,1 @@
+"""Subcommands of the ``sft-conformance`` command line (see :mod:`sft_conformance.cli`)."""

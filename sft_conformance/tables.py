@@ -1,0 +1,40 @@
+"""Token tables in the style of the seeds: token, input id, label, expected label, trained."""
+
+from __future__ import annotations
+
+from tabulate import tabulate
+
+IGNORE_INDEX = -100
+
+
+def show_token(tokenizer, token_id: int) -> str:
+    text = tokenizer.decode([int(token_id)]) if tokenizer is not None else str(token_id)
+    return repr(text)[1:-1] or "''"
+
+
+def token_table(tokenizer, input_ids, labels, expected=None, *, start: int = 0,
+                stop: int | None = None, mark: int | None = None, tablefmt: str = "github",
+                attention_mask=None) -> str:
+    """Rows ``start..stop`` of one example. ``expected`` adds the column the specification wants;
+    ``mark`` flags one position with ``>>``."""
+    input_ids = [int(x) for x in input_ids]
+    labels = [int(x) for x in labels]
+    stop = len(input_ids) if stop is None else min(stop, len(input_ids))
+    headers = ["", "pos", "token", "input_id", "label"]
+    if expected is not None:
+        headers += ["expected", "ok"]
+    headers.append("trained")
+    if attention_mask is not None:
+        headers.append("attn")
+    rows = []
+    for t in range(max(0, start), stop):
+        row = [">>" if t == mark else "", t, show_token(tokenizer, input_ids[t]), input_ids[t],
+               labels[t]]
+        if expected is not None:
+            exp = int(expected[t])
+            row += [exp, "" if exp == labels[t] else "✗"]
+        row.append("yes" if labels[t] != IGNORE_INDEX else "no")
+        if attention_mask is not None:
+            row.append(int(attention_mask[t]))
+        rows.append(row)
+    return tabulate(rows, headers=headers, tablefmt=tablefmt)
