@@ -1,0 +1,1 @@
+"""Throughput benchmarks (installed as ``sft_conformance.bench``): padding vs packing."""
