@@ -41,6 +41,7 @@ def truncate(example: Example, max_length: int, policy: str, *, index: int = 0) 
     * ``truncate_prompt``: tokens are removed from the start; the end of the conversation stays.
     * ``truncate_response``: tokens are removed from the end, and the last kept position becomes
       the end-of-turn token of the turn that was cut, trained, so the model still learns to stop.
+      When not even one content token of that turn would survive, the example is dropped.
 
     An example left with no trained position is never kept: it is dropped (or raised under
     ``raise``), so a batch never holds an example that contributes nothing (S9).
@@ -61,8 +62,9 @@ def truncate(example: Example, max_length: int, policy: str, *, index: int = 0) 
     else:
         ids, trained = example.input_ids[:max_length], example.trained[:max_length]
         cut_turn = next((s for s in example.turns if s.start < max_length < s.stop), None)
-        keeps_content = cut_turn is not None and max_length - 1 > cut_turn.start
-        if keeps_content and cut_turn.end_token is not None:
+        if cut_turn is not None:
+            if max_length - 1 <= cut_turn.start or cut_turn.end_token is None:
+                return None  # no content token would survive beside the end token
             ids[-1] = example.input_ids[cut_turn.end_token]
             trained[-1] = True
         out = Example(ids, trained, [], example.text)

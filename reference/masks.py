@@ -185,10 +185,11 @@ def _spans_from_generation_tags(conversation, tokenizer, ids, index):
             runs.append((start, t))
             start = None
     assistant_messages = [j for j, m in enumerate(conversation) if m["role"] == "assistant"]
+    special = _special_ids(tokenizer)
     spans = []
     for k, (s, e) in enumerate(runs):
         message = assistant_messages[k] if k < len(assistant_messages) else -1
-        spans.append(TurnSpan(message, s, e, None))
+        spans.append(TurnSpan(message, s, e, e - 1 if ids[e - 1] in special else None))
     return spans
 
 

@@ -1,0 +1,129 @@
+"""Reading a target's batch back as examples: which rows and positions hold which conversation,
+and what each token's label is in one canonical convention.
+
+The canonical view of an example of ``n`` tokens is a list ``label[t]`` for ``t`` in ``0..n-1``:
+the target the loss sets for token ``t`` (that is, the label predicting token ``t`` from the
+logits at ``t - 1``), or -100. It is the Hugging Face convention restricted to one document, so
+the reference's ``labels_for(example)`` is directly comparable. A shifted target's label at
+``t - 1`` becomes the canonical label of ``t``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Segment:
+    """The real tokens of one document: ``row``, positions ``[start, stop)``."""
+
+    row: int
+    start: int
+    stop: int
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+def real_positions(batch: dict, row: int, expected_len: int | None = None) -> tuple[int, int]:
+    """``[start, stop)`` of the real tokens of a non-packed row (left or right padding)."""
+    T = batch["input_ids"].shape[1]
+    mask = batch.get("attention_mask")
+    if mask is not None:
+        idx = torch.nonzero(mask[row], as_tuple=False).flatten()
+        if idx.numel() == 0:
+            return 0, 0
+        return int(idx[0]), int(idx[-1]) + 1
+    return 0, min(T, expected_len if expected_len is not None else T)
+
+
+def document_segments(batch: dict) -> list[Segment]:
+    """Documents of a packed batch, split where position ids restart (or by document_ids)."""
+    ids = batch["input_ids"]
+    mask = batch.get("attention_mask")
+    segs = []
+    for r in range(ids.shape[0]):
+        real = mask[r].bool() if mask is not None else torch.ones(ids.shape[1], dtype=torch.bool)
+        if "document_ids" in batch and isinstance(batch["document_ids"], torch.Tensor):
+            keys = batch["document_ids"][r].tolist()
+            restart = [t == 0 or keys[t] != keys[t - 1] for t in range(len(keys))]
+        elif "position_ids" in batch:
+            pos = batch["position_ids"][r].tolist()
+            restart = [t == 0 or pos[t] <= pos[t - 1] for t in range(len(pos))]
+        else:
+            restart = [t == 0 for t in range(ids.shape[1])]
+        start = None
+        for t in range(ids.shape[1] + 1):
+            boundary = t == ids.shape[1] or restart[t] or not bool(real[t])
+            if boundary and start is not None:
+                segs.append(Segment(r, start, t))
+                start = None
+            if t < ids.shape[1] and bool(real[t]) and start is None:
+                start = t
+    return segs
+
+
+def canonical_labels(batch: dict, seg: Segment, *, labels_shifted: bool) -> list[int]:
+    """The canonical label of every token of ``seg`` (see the module docstring)."""
+    labels = batch["labels"][seg.row].tolist()
+    out = []
+    for t in range(seg.start, seg.stop):
+        if labels_shifted:
+            out.append(labels[t - 1] if t - 1 >= 0 else IGNORE_INDEX)
+        else:
+            out.append(labels[t])
+    if seg.start == 0 and out:
+        out[0] = IGNORE_INDEX  # no logits precede the first position of a row
+    return out
+
+
+def trained_padding(batch: dict, segments: list[Segment], *, labels_shifted: bool
+                    ) -> list[tuple[int, int]]:
+    """(row, label index) of labels that train a token outside every real segment (padding)."""
+    B, T = batch["labels"].shape
+    inside = torch.zeros(B, T, dtype=torch.bool)
+    for s in segments:
+        inside[s.row, s.start:s.stop] = True
+    hits = []
+    labels = batch["labels"]
+    for r in range(B):
+        for i in range(T):
+            if int(labels[r, i]) == IGNORE_INDEX:
+                continue
+            target_pos = i + 1 if labels_shifted else i
+            if labels_shifted and target_pos >= T:
+                hits.append((r, i))  # a target beyond the row
+            elif target_pos < T and not inside[r, target_pos]:
+                hits.append((r, i))
+    return hits
+
+
+def row_segments(batch: dict, expected_lengths: list[int]) -> list[Segment]:
+    """One segment per row for a non-packed target, row i holding conversation i."""
+    return [Segment(r, *real_positions(batch, r, expected_lengths[r] if r < len(
+        expected_lengths) else None)) for r in range(batch["input_ids"].shape[0])]
+
+
+def match_documents(batch: dict, expected_ids: list[list[int]]):
+    """Match packed documents to examples by their input ids.
+
+    Returns ``(matches, unmatched)``: ``matches[i]`` is the Segment holding example ``i`` or
+    None, ``unmatched`` the segments that equal no example (pieces of split documents)."""
+    segs = document_segments(batch)
+    ids = batch["input_ids"]
+    want = {}
+    for i, e in enumerate(expected_ids):
+        want.setdefault(tuple(e), []).append(i)
+    matches: list[Segment | None] = [None] * len(expected_ids)
+    unmatched = []
+    for s in segs:
+        key = tuple(ids[s.row, s.start:s.stop].tolist())
+        if key in want and want[key]:
+            matches[want[key].pop(0)] = s
+        else:
+            unmatched.append(s)
+    return matches, unmatched

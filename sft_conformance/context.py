@@ -1,0 +1,121 @@
+"""What a check runs with: the target, its declarations, tokenizers, the tiny model, and the
+validated calls into the target (collate, loss, forward)."""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from .target import Declared, TargetError
+
+REQUIRED_KEYS = ("input_ids", "labels")
+
+
+class TargetRaised(Exception):
+    """The target raised inside one of its own methods; carries the call and the traceback."""
+
+    def __init__(self, where: str, exc: BaseException):
+        self.where = where
+        self.original = exc
+        tb = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        super().__init__(f"the target raised inside {where}: {tb}")
+
+
+@dataclass
+class Context:
+    """Shared state of one target's run of the checks."""
+
+    target: object
+    decl: Declared
+    tokenizer_name: str
+    spec: str = ""  # how the user named the target (for the reproduction snippet)
+    profile: str = "ci"
+    max_length: int = 512
+    seed: int = 0
+    last_inputs: dict = field(default_factory=dict)
+    _tokenizers: dict = field(default_factory=dict)
+    _model: object = None
+
+    # -- assets ---------------------------------------------------------------------------------
+    def tokenizer(self, pad_equals_eos: bool = False):
+        key = bool(pad_equals_eos)
+        if key not in self._tokenizers:
+            from .assets import load_tokenizer
+
+            self._tokenizers[key] = load_tokenizer(self.tokenizer_name,
+                                                   pad_equals_eos=pad_equals_eos)
+        return self._tokenizers[key]
+
+    def model(self):
+        if self._model is None:
+            from .assets import tiny_model
+
+            self._model = tiny_model(self.tokenizer(), seed=self.seed)
+        return self._model
+
+    # -- calls into the target, validated -----------------------------------------------------------
+    def collate(self, conversations, tokenizer, max_length: int | None = None) -> dict:
+        max_length = max_length or self.max_length
+        self.last_inputs = {"conversations": conversations, "max_length": max_length,
+                            "pad_equals_eos": tokenizer.pad_token_id == tokenizer.eos_token_id}
+        try:
+            batch = self.target.collate(conversations, tokenizer, max_length)
+        except Exception as exc:
+            raise TargetRaised("collate(conversations, tokenizer, max_length)", exc) from exc
+        return validate_batch(batch, self.decl.name)
+
+    def loss(self, logits, labels, num_items_in_batch=None):
+        try:
+            if num_items_in_batch is None:
+                return self.target.loss(logits, labels)
+            return self.target.loss(logits, labels, num_items_in_batch=num_items_in_batch)
+        except Exception as exc:
+            raise TargetRaised("loss(logits, labels, num_items_in_batch)", exc) from exc
+
+    def forward(self, batch) -> torch.Tensor:
+        """Logits the way the target calls the model, else the way a hand-written loop would."""
+        model = self.model()
+        if self.decl.has_forward:
+            try:
+                return self.target.forward(model, batch)
+            except Exception as exc:
+                raise TargetRaised("forward(model, batch)", exc) from exc
+        kwargs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")
+                  if k in batch}
+        return model(**kwargs).logits
+
+
+def validate_batch(batch, name: str) -> dict:
+    """Check keys, shapes and dtypes of what ``collate`` returned; TargetError says what is off."""
+    if not isinstance(batch, Mapping):
+        raise TargetError(f"target {name!r}: collate returned {type(batch).__name__}, expected a "
+                          "mapping with input_ids and labels")
+    missing = [k for k in REQUIRED_KEYS if k not in batch]
+    if missing:
+        raise TargetError(f"target {name!r}: collate result lacks {missing} (has "
+                          f"{sorted(batch)})")
+    out = dict(batch)
+    ids = out["input_ids"]
+    for key in ("input_ids", "labels", "attention_mask", "position_ids"):
+        if key not in out or out[key] is None:
+            out.pop(key, None)
+            continue
+        value = out[key]
+        if not isinstance(value, torch.Tensor):
+            raise TargetError(f"target {name!r}: collate()[{key!r}] is {type(value).__name__}, "
+                              "expected a torch.Tensor")
+        if value.dim() != 2:
+            raise TargetError(f"target {name!r}: collate()[{key!r}] has shape "
+                              f"{tuple(value.shape)}, expected (batch, time)")
+        if value.dtype not in (torch.long, torch.int32, torch.int64, torch.bool, torch.int16,
+                               torch.int8, torch.uint8):
+            raise TargetError(f"target {name!r}: collate()[{key!r}] has dtype {value.dtype}, "
+                              "expected an integer tensor")
+        if value.shape != ids.shape:
+            raise TargetError(f"target {name!r}: collate()[{key!r}] has shape "
+                              f"{tuple(value.shape)} but input_ids has {tuple(ids.shape)}")
+        out[key] = value.long()
+    return out
