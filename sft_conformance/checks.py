@@ -337,6 +337,7 @@ def check_padding_invariance(ctx: Context) -> None:
                       f"{int(batch['labels'][r, i])} but its target is a padding position. "
                       "Padding must always carry the ignore index (-100).",
                  conversations=convs, pad_equals_eos=pad_eos)
+        model = ctx.model()
         with torch.no_grad():
             logits = ctx.forward(batch)
             for i, (conv, seg) in enumerate(zip(convs, segs)):
@@ -356,22 +357,28 @@ def check_padding_invariance(ctx: Context) -> None:
                                      got=got_labels, expected=alone_labels, position=t,
                                      spec="the same labels as the example collated alone",
                                      conversations=convs, pad_equals_eos=pad_eos, row=seg.row)
-                alone = ctx.forward(single)
+                n = len(seg)
+                if "position_ids" in batch:
+                    pos = batch["position_ids"][seg.row, seg.start:seg.stop].tolist()
+                    if pos != list(range(n)):
+                        fail(ctx, f"S5: the position ids of example {i} (batch row {seg.row}) "
+                                  f"start at {pos[0]}, not 0: padding shifted the positions of "
+                                  f"the real tokens ({pos[:6]}...). Left padding needs "
+                                  "position ids counted from the first real token.",
+                             conversations=convs, pad_equals_eos=pad_eos, example=i)
+                ids = batch["input_ids"][seg.row, seg.start:seg.stop]
+                plain = model(input_ids=ids[None]).logits[0]  # the example with no padding
                 a = logits[seg.row, seg.start:seg.stop]
-                b = alone[sseg.row, sseg.start:sseg.stop]
-                if a.shape != b.shape:
-                    continue
-                diff = (a.float() - b.float()).abs().amax(dim=-1)
-                if float(diff.max()) > 1e-4 * max(1.0, float(b.abs().max())):
+                diff = (a.float() - plain.float()).abs().amax(dim=-1)
+                if float(diff.max()) > 1e-4 * max(1.0, float(plain.abs().max())):
                     t = int(diff.argmax())
                     fail(ctx, f"S5: padding changes the logits of real tokens: example {i} "
                               f"(batch row {seg.row}), position {t} (token "
-                              f"'{show_token(tok, batch['input_ids'][seg.row, seg.start + t])}')"
-                              f": max |logit difference| {float(diff.max()):.3g} against the "
-                              "example run alone. Check the attention mask and position ids "
-                              "(left padding needs positions that start at 0 on the first real "
-                              "token" + ("; pad == eos must not mask real eos tokens"
-                                         if pad_eos else "") + ").",
+                              f"'{show_token(tok, ids[t])}'): max |logit difference| "
+                              f"{float(diff.max()):.3g} against the example with no padding. "
+                              "Check the attention mask and position ids"
+                              + (" (pad == eos: an attention mask computed as input_ids != "
+                                 "pad_id hides the real end tokens)" if pad_eos else "") + ".",
                          conversations=convs, pad_equals_eos=pad_eos, example=i, position=t)
 
     run_property(ctx, st.tuples(_batch(ctx, min_size=2, max_turns=2), st.booleans()), prop,
@@ -486,8 +493,11 @@ def check_packing_equivalence(ctx: Context) -> None:
     def prop(convs):
         if not _fits(ctx, convs, tok):
             return
-        batch = ctx.collate(convs, tok)
         exs, want = _expected(ctx, convs, tok)
+        # a cap that forces at least two rows, so packing must decide where documents go
+        lengths = [len(e) for e in exs]
+        cap = max(max(lengths), math.ceil(sum(lengths) * 0.6))
+        batch = ctx.collate(convs, tok, cap)
         matches, unmatched = match_documents(batch, [e.input_ids for e in exs])
         for i, seg in enumerate(matches):
             if seg is None and not ctx.decl.splits_documents:

@@ -1,0 +1,448 @@
+"""Mutants: deliberately buggy targets, each one a real bug class, each caught by the check meant
+for it. They prove that every check can fail; the reference proves that none fails wrongly.
+
+``KILLS[name]`` is the check id meant to catch a mutant; ``BUGS[name]`` what the bug is and where
+it was seen. ``sft-conformance mutants`` runs all of them through every check and prints the kill
+table (kept in ``reports/mutants.md``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from reference import IGNORE_INDEX, build_example, labels_for, pad_examples, sft_loss
+
+from .targets.reference import ReferencePackedTarget, ReferenceTarget
+
+
+def _starts(labels: torch.Tensor):
+    """(row, t) where a trained run starts (label set, previous label ignored)."""
+    prev = torch.full_like(labels, IGNORE_INDEX)
+    prev[:, 1:] = labels[:, :-1]
+    return torch.nonzero((labels != IGNORE_INDEX) & (prev == IGNORE_INDEX), as_tuple=False)
+
+
+class _Mutant(ReferenceTarget):
+    def mutate(self, batch, tokenizer):  # pragma: no cover - overridden
+        return batch
+
+    def collate(self, conversations, tokenizer, max_length):
+        return self.mutate(super().collate(conversations, tokenizer, max_length), tokenizer)
+
+
+class OffByOneLate(_Mutant):
+    """labels[:P] instead of labels[:P-1] (seed 001): the first response token is not trained."""
+
+    name = "mutant-off-by-one-late"
+
+    def mutate(self, batch, tokenizer):
+        for r, t in _starts(batch["labels"]).tolist():
+            batch["labels"][r, t] = IGNORE_INDEX
+        return batch
+
+
+class OffByOneEarly(_Mutant):
+    """The mask stops one position short: the last prompt token is trained."""
+
+    name = "mutant-off-by-one-early"
+
+    def mutate(self, batch, tokenizer):
+        for r, t in _starts(batch["labels"]).tolist():
+            if t > 0:
+                batch["labels"][r, t - 1] = batch["input_ids"][r, t - 1]
+        return batch
+
+
+class EosMaskedByValue(_Mutant):
+    """labels[input_ids == pad_token_id] = -100: with pad == eos the end token is masked
+    (trl #1623, #2059)."""
+
+    name = "mutant-eos-masked-by-value"
+
+    def mutate(self, batch, tokenizer):
+        batch["labels"][batch["input_ids"] == tokenizer.pad_token_id] = IGNORE_INDEX
+        return batch
+
+
+class MissingEndToken(_Mutant):
+    """The response is tokenized without its end-of-turn token (seed 003's SFTDataset)."""
+
+    name = "mutant-missing-end-token"
+
+    def mutate(self, batch, tokenizer):
+        batch["labels"][batch["labels"] == tokenizer.eos_token_id] = IGNORE_INDEX
+        return batch
+
+
+class LabelsShiftedTwice(_Mutant):
+    """Labels shifted in the collator although the model shifts again (declares HF labels)."""
+
+    name = "mutant-labels-shifted-twice"
+
+    def mutate(self, batch, tokenizer):
+        shifted = torch.full_like(batch["labels"], IGNORE_INDEX)
+        shifted[:, :-1] = batch["labels"][:, 1:]
+        batch["labels"] = shifted
+        return batch
+
+
+class PerSequenceMean(ReferenceTarget):
+    """The loss averages each sequence's token mean: short answers weigh as much as long ones."""
+
+    name = "mutant-per-sequence-mean"
+
+    def loss(self, logits, labels, num_items_in_batch=None):
+        rows = [sft_loss(logits[b:b + 1], labels[b:b + 1]) for b in range(labels.shape[0])
+                if (labels[b, 1:] != IGNORE_INDEX).any()]
+        return torch.stack(rows).mean()
+
+
+class MeanOfMicroBatchMeans(ReferenceTarget):
+    """num_items_in_batch ignored: each micro-batch divides by its own count (trl #2175,
+    transformers #24725)."""
+
+    name = "mutant-mean-of-micro-batch-means"
+
+    def loss(self, logits, labels, num_items_in_batch=None):
+        return sft_loss(logits, labels)
+
+
+class DenominatorCountsPadding(ReferenceTarget):
+    """The loss divides the summed NLL by every position, padding and prompt included."""
+
+    name = "mutant-denominator-counts-padding"
+
+    def loss(self, logits, labels, num_items_in_batch=None):
+        n = sft_loss(logits, labels, num_items_in_batch=1)
+        return n / labels[:, 1:].numel() if num_items_in_batch is None else n / num_items_in_batch
+
+
+class LeftPaddingWithoutPositions(ReferenceTarget):
+    """Left padding with position ids 0..T-1 counted over the padding (trl PR #550)."""
+
+    name = "mutant-left-padding-without-position-ids"
+
+    def collate(self, conversations, tokenizer, max_length):
+        from reference import Collator
+
+        batch = Collator(padding_side="left").__call__(conversations, tokenizer, max_length)
+        batch["position_ids"] = torch.arange(batch["input_ids"].shape[1]).expand_as(
+            batch["input_ids"]).clone()
+        return batch
+
+
+class AttentionMaskFromPadId(_Mutant):
+    """attention_mask = input_ids != pad_id (seed 003's pad_collate): with pad == eos the real
+    end tokens are hidden from attention."""
+
+    name = "mutant-attention-mask-from-pad-id"
+
+    def mutate(self, batch, tokenizer):
+        batch["attention_mask"] = (batch["input_ids"] != tokenizer.pad_token_id).long()
+        return batch
+
+
+class TrainsPadding(_Mutant):
+    """labels = input_ids.clone() after padding: the pad tokens are trained (alpaca-lora #315)."""
+
+    name = "mutant-trains-padding"
+
+    def mutate(self, batch, tokenizer):
+        pad = batch["attention_mask"] == 0
+        batch["labels"][pad] = batch["input_ids"][pad]
+        return batch
+
+
+class _PackedMutant(ReferencePackedTarget):
+    def mutate(self, batch, tokenizer):  # pragma: no cover - overridden
+        return batch
+
+    def collate(self, conversations, tokenizer, max_length):
+        return self.mutate(super().collate(conversations, tokenizer, max_length), tokenizer)
+
+
+class PackingWithoutPositionReset(_PackedMutant):
+    """Packed rows keep position ids 0..T-1 across documents (axolotl #1375)."""
+
+    name = "mutant-packing-without-position-reset"
+
+    def mutate(self, batch, tokenizer):
+        batch["position_ids"] = torch.arange(batch["input_ids"].shape[1]).expand_as(
+            batch["input_ids"]).clone()
+        batch.pop("document_ids")
+        return batch
+
+
+class PackingCrossDocumentAttention(ReferencePackedTarget):
+    """Packed rows with restarting positions but a plain causal mask: documents attend to each
+    other (trl #1230; position ids alone do not isolate documents under sdpa)."""
+
+    name = "mutant-packing-cross-document-attention"
+
+    def forward(self, model, batch):
+        return model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+
+
+class PackingCrossDocumentTarget(_PackedMutant):
+    """The first token of each packed document is a target of the previous document's last
+    position (an EOS separator trained across the boundary)."""
+
+    name = "mutant-packing-cross-document-target"
+
+    def mutate(self, batch, tokenizer):
+        starts = (batch["position_ids"] == 0) & (batch["attention_mask"] == 1)
+        starts[:, 0] = False
+        batch["labels"][starts] = batch["input_ids"][starts]
+        return batch
+
+
+class WrappedPackingSplitsDocuments(ReferenceTarget):
+    """Concatenate everything and cut rows every max_length tokens ('wrapped' packing): documents
+    are split across rows (torchtune PR #2613)."""
+
+    name = "mutant-wrapped-packing-splits-documents"
+    packs = True
+
+    def collate(self, conversations, tokenizer, max_length):
+        ids, labels, pos = [], [], []
+        for conv in conversations:
+            ex = build_example(conv, tokenizer)
+            lab = labels_for(ex)
+            lab[0] = IGNORE_INDEX
+            ids += ex.input_ids
+            labels += lab
+            pos += list(range(len(ex)))
+        rows = [(ids[i:i + max_length], labels[i:i + max_length], pos[i:i + max_length])
+                for i in range(0, len(ids), max_length)]
+        W = max(len(r[0]) for r in rows)
+        out = {k: torch.full((len(rows), W), v, dtype=torch.long) for k, v in
+               (("input_ids", tokenizer.pad_token_id), ("labels", IGNORE_INDEX),
+                ("position_ids", 0), ("attention_mask", 0))}
+        for r, (i, lab, p) in enumerate(rows):
+            n = len(i)
+            out["input_ids"][r, :n] = torch.tensor(i)
+            out["labels"][r, :n] = torch.tensor(lab)
+            out["position_ids"][r, :n] = torch.tensor(p)
+            out["attention_mask"][r, :n] = 1
+        return out
+
+
+class PromptTokenizedSeparately(ReferenceTarget):
+    """tokenize(prompt) + tokenize(response): a BPE merge across the boundary is lost
+    (trl #1400, #4147; seed 003's SFTDataset)."""
+
+    name = "mutant-prompt-tokenized-separately"
+    turn_policy = "last"
+
+    def collate(self, conversations, tokenizer, max_length):
+        from reference.masks import render
+
+        examples = []
+        for conv in conversations:
+            last = max(j for j, m in enumerate(conv) if m["role"] == "assistant")
+            prompt = render(tokenizer, conv[:last], add_generation_prompt=True)
+            full = render(tokenizer, conv[:last + 1])
+            p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            r = tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
+            ex = build_example(conv, tokenizer, policy="last")
+            n_tail = len(ex) - (max(ex.turns[-1].stop, 1))  # glue after the end token
+            trained = [False] * len(p) + [True] * (len(r) - n_tail) + [False] * n_tail
+            examples.append(type(ex)(p + r, trained))
+        return pad_examples(examples, tokenizer.pad_token_id)
+
+
+def _header(tokenizer) -> str:
+    from reference.masks import render
+
+    probe = [{"role": "user", "content": "x"}]
+    return render(tokenizer, probe, add_generation_prompt=True)[len(render(tokenizer, probe)):]
+
+
+class _TextSpanMutant(ReferenceTarget):
+    """Train the characters [start, stop) of the rendered text, found by string search."""
+
+    def span(self, text, header, eos):  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def collate(self, conversations, tokenizer, max_length):
+        from reference.masks import Example, render
+
+        header, eos = _header(tokenizer), tokenizer.eos_token
+        examples = []
+        for conv in conversations:
+            text = render(tokenizer, conv)
+            enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            start, stop = self.span(text, header, eos)
+            trained = [s < stop and e > start for s, e in enc["offset_mapping"]]
+            examples.append(Example(list(enc["input_ids"]), trained))
+        return pad_examples(examples, tokenizer.pad_token_id)
+
+
+class HeaderFirstOccurrence(_TextSpanMutant):
+    """Mask everything up to the first occurrence of the assistant header string, train the rest
+    (trl #1493: a user message containing the header moves the mask)."""
+
+    name = "mutant-header-first-occurrence"
+
+    def span(self, text, header, eos):
+        start = text.find(header) + len(header)
+        return start, text.rfind(eos) + len(eos)
+
+
+class HeaderLastOccurrence(_TextSpanMutant):
+    """Train only after the last occurrence of the assistant header string: earlier turns are
+    lost, and an assistant message quoting the header loses its beginning (unsloth #1290)."""
+
+    name = "mutant-header-last-occurrence"
+
+    def span(self, text, header, eos):
+        start = text.rfind(header) + len(header)
+        return start, text.rfind(eos) + len(eos)
+
+
+class UserTurnsTrained(_TextSpanMutant):
+    """One span from the first assistant content to the last end token: the user turns in
+    between are trained (axolotl #1761)."""
+
+    name = "mutant-user-turns-trained"
+
+    def collate(self, conversations, tokenizer, max_length):
+        batch = ReferenceTarget.collate(self, conversations, tokenizer, max_length)
+        for r in range(batch["labels"].shape[0]):
+            trained = torch.nonzero(batch["labels"][r] != IGNORE_INDEX).flatten()
+            a, b = int(trained[0]), int(trained[-1])
+            batch["labels"][r, a:b + 1] = batch["input_ids"][r, a:b + 1]
+        return batch
+
+
+class OnlyFirstAssistantTurn(ReferenceTarget):
+    """Only the first assistant turn is trained (LLaMA-Factory PR #10827)."""
+
+    name = "mutant-only-first-assistant-turn"
+
+    def collate(self, conversations, tokenizer, max_length):
+        examples = []
+        for conv in conversations:
+            ex = build_example(conv, tokenizer)
+            first = ex.turns[0]
+            ex.trained = [first.start <= t < first.stop for t in range(len(ex))]
+            examples.append(ex)
+        return pad_examples(examples, tokenizer.pad_token_id)
+
+
+class NanOnAllMasked(ReferenceTarget):
+    """sum / count with no guard: a micro-batch with no trained position gives NaN (trl #1053)."""
+
+    name = "mutant-nan-on-all-masked"
+
+    def loss(self, logits, labels, num_items_in_batch=None):
+        if num_items_in_batch is not None:
+            return sft_loss(logits, labels, num_items_in_batch=num_items_in_batch)
+        nll = sft_loss(logits, labels, num_items_in_batch=1)
+        return nll / (labels[:, 1:] != IGNORE_INDEX).sum()
+
+
+class DoubleBos(_Mutant):
+    """tokenizer(text) with add_special_tokens=True on a template that already has BOS: two BOS
+    tokens (trl #5213)."""
+
+    name = "mutant-double-bos"
+    tokenizer = "llama3"
+
+    def mutate(self, batch, tokenizer):
+        bos = torch.full((batch["input_ids"].shape[0], 1), tokenizer.bos_token_id)
+        batch["input_ids"] = torch.cat([bos, batch["input_ids"]], 1)
+        batch["labels"] = torch.cat([torch.full_like(bos, IGNORE_INDEX), batch["labels"]], 1)
+        batch["attention_mask"] = torch.cat([torch.ones_like(bos), batch["attention_mask"]], 1)
+        batch["position_ids"] = torch.arange(batch["input_ids"].shape[1]).expand_as(
+            batch["input_ids"]).clone()
+        return batch
+
+
+class FusedLossDropsMask(ReferenceTarget):
+    """A fused/chunked loss that casts -100 to a token id: the mask is lost when the option is on
+    (unsloth-zoo PR #1279, trl PR #3674)."""
+
+    name = "fused-loss-variant"
+
+    def loss(self, logits, labels, num_items_in_batch=None):
+        return sft_loss(logits, labels.clamp(min=0), num_items_in_batch=num_items_in_batch)
+
+
+class FusedLossOptionDropsMask(ReferenceTarget):
+    """Declares a fused-loss option that should not change the math, but drops the mask."""
+
+    name = "mutant-fused-loss-drops-mask"
+    options = {"fused_loss": FusedLossDropsMask}
+
+
+class TruncateDropsEndToken(ReferenceTarget):
+    """input_ids[:max_length] after tokenization (seed 003): an over-long answer loses its end
+    token although the target declares 'truncate_response' (trl #6668)."""
+
+    name = "mutant-truncate-drops-end-token"
+
+    def collate(self, conversations, tokenizer, max_length):
+        examples = []
+        for conv in conversations:
+            ex = build_example(conv, tokenizer)
+            ex.input_ids, ex.trained = ex.input_ids[:max_length], ex.trained[:max_length]
+            if any(ex.trained):
+                examples.append(ex)
+        return pad_examples(examples, tokenizer.pad_token_id)
+
+
+class KeepsZeroTargetExample(ReferenceTarget):
+    """Truncation keeps examples whose every trained token was cut (torchtune #2341)."""
+
+    name = "mutant-keeps-zero-target-example"
+    overlong = "truncate_prompt"
+
+    def collate(self, conversations, tokenizer, max_length):
+        examples = []
+        for conv in conversations:
+            ex = build_example(conv, tokenizer)
+            ex.input_ids, ex.trained = ex.input_ids[:max_length], ex.trained[:max_length]
+            examples.append(ex)
+        return pad_examples(examples, tokenizer.pad_token_id)
+
+
+_ALL = [OffByOneLate, OffByOneEarly, EosMaskedByValue, MissingEndToken, LabelsShiftedTwice,
+        PerSequenceMean, MeanOfMicroBatchMeans, DenominatorCountsPadding,
+        LeftPaddingWithoutPositions, AttentionMaskFromPadId, TrainsPadding,
+        PackingWithoutPositionReset, PackingCrossDocumentAttention, PackingCrossDocumentTarget,
+        WrappedPackingSplitsDocuments, PromptTokenizedSeparately, HeaderFirstOccurrence,
+        HeaderLastOccurrence, UserTurnsTrained, OnlyFirstAssistantTurn, NanOnAllMasked,
+        DoubleBos, FusedLossOptionDropsMask, TruncateDropsEndToken, KeepsZeroTargetExample]
+
+REGISTRY = {cls.name: f"{__name__}:{cls.__name__}" for cls in _ALL}
+
+KILLS = {
+    "mutant-off-by-one-late": "S2",
+    "mutant-off-by-one-early": "S3",
+    "mutant-eos-masked-by-value": "S4",
+    "mutant-missing-end-token": "S4",
+    "mutant-labels-shifted-twice": "S2",
+    "mutant-per-sequence-mean": "S6",
+    "mutant-mean-of-micro-batch-means": "S7",
+    "mutant-denominator-counts-padding": "S6",
+    "mutant-left-padding-without-position-ids": "S5",
+    "mutant-attention-mask-from-pad-id": "S5",
+    "mutant-trains-padding": "S5",
+    "mutant-packing-without-position-reset": "S8",
+    "mutant-packing-cross-document-attention": "S8",
+    "mutant-packing-cross-document-target": "S8",
+    "mutant-wrapped-packing-splits-documents": "S8",
+    "mutant-prompt-tokenized-separately": "S1",
+    "mutant-header-first-occurrence": "S11",
+    "mutant-header-last-occurrence": "S10",
+    "mutant-user-turns-trained": "S10",
+    "mutant-only-first-assistant-turn": "S10",
+    "mutant-nan-on-all-masked": "S9",
+    "mutant-double-bos": "S1",
+    "mutant-fused-loss-drops-mask": "S12",
+    "mutant-truncate-drops-end-token": "S9",
+    "mutant-keeps-zero-target-example": "S9",
+}
+
+BUGS = {cls.name: (cls.__doc__ or "").strip().replace("\n    ", " ") for cls in _ALL}
