@@ -1,0 +1,77 @@
+"""``sft-conformance check TARGET...``: run the conformance checks; exit 0 pass, 1 fail, 2 usage."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("targets", nargs="+", metavar="TARGET",
+                        help="built-in name (see 'sft-conformance targets') or module:attr")
+    parser.add_argument("--json", metavar="PATH", help="write every result as JSON")
+    parser.add_argument("--profile", choices=("ci", "dev", "thorough"), default=None,
+                        help="hypothesis profile (default: ci when CI is set, else dev)")
+    parser.add_argument("--tokenizer", metavar="NAME|PATH", default=None,
+                        help="bundled template name or local tokenizer directory")
+    parser.add_argument("--check", action="append", default=None, metavar="ID",
+                        help="run only these checks (S1..S12); repeatable")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no failure details")
+
+
+def header(targets, tokenizer, profile) -> str:
+    from sft_conformance import profiles
+    from sft_conformance.runner import library_versions
+
+    versions = ", ".join(f"{k} {v}" for k, v in library_versions().items())
+    return (f"sft-conformance check: {', '.join(targets)}\n"
+            f"tokenizer: {tokenizer or 'as declared by each target'}; profile: "
+            f"{profile or profiles.default_profile()}\nversions: {versions}\n")
+
+
+def summary_table(run) -> str:
+    from tabulate import tabulate
+
+    rows = []
+    for r in run.results:
+        first = r.message.splitlines()[0] if r.message else ""
+        rows.append([r.id, r.check, r.status.upper() if r.status in ("failed", "error")
+                     else r.status, f"{r.seconds:.1f}s", first[:110]])
+    return tabulate(rows, headers=["check", "name", "status", "time", "message"],
+                    tablefmt="simple")
+
+
+def run(args) -> int:
+    from sft_conformance.runner import check_target
+
+    print(header(args.targets, args.tokenizer, args.profile), flush=True)
+    runs, usage_error = [], False
+    for spec in args.targets:
+        result = check_target(spec, tokenizer=args.tokenizer, profile=args.profile,
+                              only=args.check)
+        runs.append(result)
+        if result.error:
+            usage_error = True
+            print(f"== {spec}: configuration error ==\n{result.error}\n", file=sys.stderr)
+            continue
+        print(f"== {result.target} (tokenizer {result.tokenizer}) ==")
+        print(summary_table(result))
+        if not args.quiet:
+            for r in result.results:
+                if r.status in ("failed", "error"):
+                    print(f"\n--- {result.target} {r.id} {r.check}: {r.status} ---\n{r.message}")
+        print(flush=True)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump({"runs": [r.to_json() for r in runs]}, fh, indent=1, default=str)
+    totals = {}
+    for r in runs:
+        for c in r.results:
+            totals[c.status] = totals.get(c.status, 0) + 1
+    print("summary: " + ", ".join(f"{v} {k}" for k, v in sorted(totals.items())))
+    if usage_error:
+        return 2
+    if any(c.status == "error" and "does not import" in c.message for r in runs
+           for c in r.results):
+        return 2
+    return 0 if all(r.ok for r in runs) else 1
