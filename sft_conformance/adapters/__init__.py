@@ -1,0 +1,26 @@
+"""Adapters of third-party SFT libraries: built-in targets that drive the real libraries through
+their public APIs (transformers, TRL, torchtune).
+
+Every module imports its library lazily, inside methods, so importing this package (or listing the
+targets) never imports TRL or torchtune; a target whose library is missing declares ``requires``
+and ``install_hint`` and every check reports it skipped.
+"""
+
+from __future__ import annotations
+
+_TF = "sft_conformance.adapters.transformers_collators"
+_TRL = "sft_conformance.adapters.trl_sft"
+_TT = "sft_conformance.adapters.torchtune_collators"
+
+REGISTRY: dict[str, str] = {
+    # transformers
+    "transformers-lm-collator": f"{_TF}:LMCollatorTarget",
+    "transformers-lm-collator-pad-eos": f"{_TF}:LMCollatorPadEosTarget",
+    "transformers-seq2seq-collator": f"{_TF}:Seq2SeqCollatorTarget",
+    "transformers-seq2seq-collator-left": f"{_TF}:Seq2SeqCollatorLeftTarget",
+    "transformers-flattening-collator": f"{_TF}:FlatteningCollatorTarget",
+    "transformers-flattening-collator-fa-kwargs": f"{_TF}:FlatteningCollatorFlashKwargsTarget",
+    "transformers-model-loss": f"{_TF}:ModelLossTarget",
+    "transformers-model-loss-no-num-items": f"{_TF}:ModelLossNoNumItemsTarget",
+    "transformers-assistant-mask": f"{_TF}:AssistantMaskTarget",
+}
