@@ -23,4 +23,14 @@ REGISTRY: dict[str, str] = {
     "transformers-model-loss": f"{_TF}:ModelLossTarget",
     "transformers-model-loss-no-num-items": f"{_TF}:ModelLossNoNumItemsTarget",
     "transformers-assistant-mask": f"{_TF}:AssistantMaskTarget",
+    # TRL
+    "trl-sft-messages": f"{_TRL}:MessagesTarget",
+    "trl-sft-prompt-completion": f"{_TRL}:PromptCompletionTarget",
+    "trl-sft-assistant-only": f"{_TRL}:AssistantOnlyTarget",
+    "trl-sft-assistant-only-eot-outside": f"{_TRL}:AssistantOnlyEotOutsideTarget",
+    "trl-sft-assistant-only-no-tags": f"{_TRL}:AssistantOnlyNoTagsTarget",
+    "trl-sft-padding-free": f"{_TRL}:PaddingFreeTarget",
+    "trl-sft-packing-bfd": f"{_TRL}:PackingBfdTarget",
+    "trl-sft-packing-bfd-split": f"{_TRL}:PackingBfdSplitTarget",
+    "trl-sft-packing-wrapped": f"{_TRL}:PackingWrappedTarget",
 }
