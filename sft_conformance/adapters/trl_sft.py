@@ -21,6 +21,7 @@ returns the plain logits, so these targets have no ``loss`` capability.)
 from __future__ import annotations
 
 import copy
+import dataclasses
 import tempfile
 
 INSTALL_HINT = "pip install 'sft-conformance[trl]'"
@@ -76,8 +77,12 @@ class _TRLTarget:
         from trl import SFTConfig
 
         kwargs = {"max_length": max_length, **self.config}
-        return SFTConfig(output_dir=output_dir, report_to=[], bf16=False, fp16=False,
-                         gradient_checkpointing=False, use_cpu=True,
+        # transformers >= 5.2x renamed gradient_checkpointing (SFTConfig defaults it to True)
+        fields = {f.name for f in dataclasses.fields(SFTConfig)}
+        ckpt = ("activation_checkpointing" if "activation_checkpointing" in fields
+                else "gradient_checkpointing")
+        kwargs[ckpt] = False
+        return SFTConfig(output_dir=output_dir, report_to=[], bf16=False, fp16=False, use_cpu=True,
                          per_device_train_batch_size=_BATCH_SIZE,
                          train_sampling_strategy="sequential", dataloader_num_workers=0,
                          dataset_num_proc=None, save_strategy="no", logging_strategy="no",
