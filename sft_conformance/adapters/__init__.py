@@ -33,4 +33,8 @@ REGISTRY: dict[str, str] = {
     "trl-sft-packing-bfd": f"{_TRL}:PackingBfdTarget",
     "trl-sft-packing-bfd-split": f"{_TRL}:PackingBfdSplitTarget",
     "trl-sft-packing-wrapped": f"{_TRL}:PackingWrappedTarget",
+    # torchtune
+    "torchtune-padded-collate-sft": f"{_TT}:PaddedCollateSFTTarget",
+    "torchtune-packed": f"{_TT}:PackedTarget",
+    "torchtune-packed-split": f"{_TT}:PackedSplitTarget",
 }
