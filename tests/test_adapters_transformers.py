@@ -275,3 +275,15 @@ def test_assistant_mask_truncates_the_end(tok_gen):
     eot = tok_gen.convert_tokens_to_ids("<|im_end|>")
     assert batch["input_ids"].shape[1] == 20 < full["input_ids"].shape[1]
     assert full["input_ids"][0, -2] == eot  # the last turn's end token is cut away
+
+
+@pytest.mark.parametrize("name", ["transformers-seq2seq-collator", "transformers-assistant-mask"])
+def test_cut_keeps_examples_with_no_trained_position(name, tok, tok_gen):
+    """ids and labels cut to max_length and kept: MULTI cut to 12 tokens has no trained label
+    left but stays in the batch (S9 violated, declared)."""
+    target = load_target(name)
+    assert "S9" in target.known_failures
+    t = tok_gen if target.tokenizer == "chatml-generation" else tok
+    batch = target.collate([SINGLE, MULTI], t, 12)
+    assert batch["input_ids"].shape == (2, 12)
+    assert (batch["labels"][1] == IGNORE_INDEX).all()

@@ -245,3 +245,13 @@ def test_trainer_compute_loss_is_the_token_mean(tok_gen):
             loss = trainer.compute_loss(trainer.model, dict(batch))
             logits = target.forward(trainer.model, batch)
     torch.testing.assert_close(loss, sft_loss(logits, batch["labels"]), atol=1e-5, rtol=1e-5)
+
+
+def test_truncation_drops_examples_left_without_trained_tokens(tok_gen):
+    """keep_start truncation, then TRL drops examples whose labels are all -100 (S9 kept for
+    the empty example); the kept one is its first max_length tokens (keep_start)."""
+    batch = load_target("trl-sft-assistant-only").collate([MULTI, SINGLE], tok_gen, 12)
+    (single_ids, single_labels), = reference_docs([SINGLE], tok_gen)
+    assert batch["input_ids"].shape == (1, 12)
+    assert torch.equal(batch["input_ids"][0], single_ids[:12])
+    assert torch.equal(batch["labels"][0], single_labels[:12])
