@@ -1,0 +1,40 @@
+"""Adapters of third-party SFT libraries: built-in targets that drive the real libraries through
+their public APIs (transformers, TRL, torchtune).
+
+Every module imports its library lazily, inside methods, so importing this package (or listing the
+targets) never imports TRL or torchtune; a target whose library is missing declares ``requires``
+and ``install_hint`` and every check reports it skipped.
+"""
+
+from __future__ import annotations
+
+_TF = "sft_conformance.adapters.transformers_collators"
+_TRL = "sft_conformance.adapters.trl_sft"
+_TT = "sft_conformance.adapters.torchtune_collators"
+
+REGISTRY: dict[str, str] = {
+    # transformers
+    "transformers-lm-collator": f"{_TF}:LMCollatorTarget",
+    "transformers-lm-collator-pad-eos": f"{_TF}:LMCollatorPadEosTarget",
+    "transformers-seq2seq-collator": f"{_TF}:Seq2SeqCollatorTarget",
+    "transformers-seq2seq-collator-left": f"{_TF}:Seq2SeqCollatorLeftTarget",
+    "transformers-flattening-collator": f"{_TF}:FlatteningCollatorTarget",
+    "transformers-flattening-collator-fa-kwargs": f"{_TF}:FlatteningCollatorFlashKwargsTarget",
+    "transformers-model-loss": f"{_TF}:ModelLossTarget",
+    "transformers-model-loss-no-num-items": f"{_TF}:ModelLossNoNumItemsTarget",
+    "transformers-assistant-mask": f"{_TF}:AssistantMaskTarget",
+    # TRL
+    "trl-sft-messages": f"{_TRL}:MessagesTarget",
+    "trl-sft-prompt-completion": f"{_TRL}:PromptCompletionTarget",
+    "trl-sft-assistant-only": f"{_TRL}:AssistantOnlyTarget",
+    "trl-sft-assistant-only-eot-outside": f"{_TRL}:AssistantOnlyEotOutsideTarget",
+    "trl-sft-assistant-only-no-tags": f"{_TRL}:AssistantOnlyNoTagsTarget",
+    "trl-sft-padding-free": f"{_TRL}:PaddingFreeTarget",
+    "trl-sft-packing-bfd": f"{_TRL}:PackingBfdTarget",
+    "trl-sft-packing-bfd-split": f"{_TRL}:PackingBfdSplitTarget",
+    "trl-sft-packing-wrapped": f"{_TRL}:PackingWrappedTarget",
+    # torchtune
+    "torchtune-padded-collate-sft": f"{_TT}:PaddedCollateSFTTarget",
+    "torchtune-packed": f"{_TT}:PackedTarget",
+    "torchtune-packed-split": f"{_TT}:PackedSplitTarget",
+}

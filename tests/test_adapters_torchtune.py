@@ -1,0 +1,109 @@
+"""The torchtune adapters. torchtune is an optional extra that pins torch, so it is not installed
+in the default environment: there the targets must load, declare ``requires=("torchtune",)`` and
+the install hint, and never import torchtune. The behaviour tests below run only where torchtune
+is installed (the torchtune tox environment) and compare with the reference's shifted labels.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+
+import pytest
+
+from sft_conformance.target import declared, load_target
+
+NAMES = ("torchtune-padded-collate-sft", "torchtune-packed", "torchtune-packed-split")
+HINT = "pip install 'sft-conformance[torchtune]'"
+HAVE_TORCHTUNE = importlib.util.find_spec("torchtune") is not None
+
+SINGLE = [{"role": "user", "content": "hi there"}, {"role": "assistant", "content": "hello you"}]
+MULTI = [
+    {"role": "system", "content": "be nice"},
+    {"role": "user", "content": "2+2?"},
+    {"role": "assistant", "content": "4"},
+    {"role": "user", "content": "3+3"},
+    {"role": "assistant", "content": "6 ok"},
+]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_declares_requirement_and_install_hint(name):
+    d = declared(load_target(name))
+    assert d.requires == ("torchtune",)
+    assert d.install_hint == HINT
+    assert d.labels_shifted and d.tokenizer == "chatml-generation"
+    assert d.has_loss and d.has_forward
+    if not HAVE_TORCHTUNE:
+        assert d.missing == ["torchtune"], "a missing torchtune must skip every check"
+
+
+def test_loading_targets_does_not_import_torchtune():
+    """Listing and loading every adapter target imports neither torchtune nor TRL."""
+    code = ("import sys; from sft_conformance.target import declared, load_target; "
+            "from sft_conformance.targets import builtin_targets; "
+            "[declared(load_target(n)) for n in builtin_targets()]; "
+            "bad = {'torchtune', 'trl'} & set(sys.modules); "
+            "assert not bad, f'imported eagerly: {bad}'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.skipif(HAVE_TORCHTUNE, reason="torchtune is installed")
+def test_collate_without_torchtune_fails_with_import_error():
+    from sft_conformance.assets import load_tokenizer
+
+    with pytest.raises(ImportError):
+        load_target("torchtune-padded-collate-sft").collate([SINGLE], load_tokenizer(
+            "chatml-generation"), 64)
+
+
+# --- with torchtune installed -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tok_gen():
+    from sft_conformance.assets import load_tokenizer
+
+    return load_tokenizer("chatml-generation")
+
+
+@pytest.mark.skipif(not HAVE_TORCHTUNE, reason=f"torchtune not installed: {HINT}")
+def test_padded_collate_sft_equals_reference_shifted(tok_gen):
+    import torch
+
+    from reference import collate
+
+    convs = [SINGLE, MULTI]
+    batch = load_target("torchtune-padded-collate-sft").collate(convs, tok_gen, 64)
+    ref = collate(convs, tok_gen, 64, labels_shifted=True)
+    assert torch.equal(batch["labels"], ref["labels"])
+    assert torch.equal(batch["input_ids"] * ref["attention_mask"],
+                       ref["input_ids"] * ref["attention_mask"])
+
+
+@pytest.mark.skipif(not HAVE_TORCHTUNE, reason=f"torchtune not installed: {HINT}")
+def test_packed_positions_restart_per_sample(tok_gen):
+    from reference import collate
+
+    convs = [SINGLE, MULTI]
+    ref = collate(convs, tok_gen, 64)
+    lens = [int(n) for n in ref["attention_mask"].sum(1)]
+    batch = load_target("torchtune-packed").collate(convs, tok_gen, 64)
+    assert batch["input_ids"].shape == (1, 64)
+    assert batch["position_ids"][0, :sum(lens)].tolist() == [i for n in lens for i in range(n)]
+
+
+@pytest.mark.skipif(not HAVE_TORCHTUNE, reason=f"torchtune not installed: {HINT}")
+def test_recipe_loss_is_the_token_mean(tok_gen):
+    import torch
+
+    from reference import sft_loss
+    from sft_conformance.assets import tiny_model
+
+    target = load_target("torchtune-padded-collate-sft")
+    batch = target.collate([SINGLE, MULTI], tok_gen, 64)
+    with torch.no_grad():
+        logits = target.forward(tiny_model(tok_gen), batch)
+    torch.testing.assert_close(target.loss(logits, batch["labels"]),
+                               sft_loss(logits, batch["labels"], labels_shifted=True))
