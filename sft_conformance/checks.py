@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import hypothesis.strategies as st
 import torch
-from hypothesis import HealthCheck, Verbosity, example, given, settings
+from hypothesis import HealthCheck, Phase, Verbosity, example, given, settings
 
 from reference import build_example, count_trained, labels_for, oracle_loss, sft_loss
 from reference import collate as reference_collate
@@ -112,7 +112,8 @@ def run_property(ctx: Context, strategy, prop, *, pinned=(), budget: float = 1.0
     test = given(strategy)(test)
     for value in reversed(list(pinned)):
         test = example(value)(test)
-    settings(parent=base, max_examples=max_examples, verbosity=Verbosity.quiet,
+    phases = base.phases if ctx.shrink else tuple(p for p in base.phases if p != Phase.shrink)
+    settings(parent=base, max_examples=max_examples, verbosity=Verbosity.quiet, phases=phases,
              report_multiple_bugs=False, print_blob=False, database=None, deadline=None,
              suppress_health_check=list(HealthCheck))(test)()
 

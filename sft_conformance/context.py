@@ -35,6 +35,7 @@ class Context:
     profile: str = "ci"
     max_length: int = 512
     seed: int = 0
+    shrink: bool = True
     last_inputs: dict = field(default_factory=dict)
     _tokenizers: dict = field(default_factory=dict)
     _model: object = None

@@ -73,18 +73,18 @@ def library_versions() -> dict:
 
 
 def make_context(target, *, spec: str = "", tokenizer: str | None = None,
-                 profile: str | None = None) -> Context:
+                 profile: str | None = None, shrink: bool = True) -> Context:
     decl = declared(target)
     name = profiles.load(profile)
     return Context(target=target, decl=decl, tokenizer_name=tokenizer or decl.tokenizer,
-                   spec=spec or decl.name, profile=name)
+                   spec=spec or decl.name, profile=name, shrink=shrink)
 
 
 def iter_checks(target, *, spec: str = "", tokenizer: str | None = None,
-                profile: str | None = None, only: list[str] | None = None
-                ) -> Iterator[tuple[Context, Check]]:
+                profile: str | None = None, only: list[str] | None = None,
+                shrink: bool = True) -> Iterator[tuple[Context, Check]]:
     """The generator both entry points share: (context, check) for every selected check."""
-    ctx = make_context(target, spec=spec, tokenizer=tokenizer, profile=profile)
+    ctx = make_context(target, spec=spec, tokenizer=tokenizer, profile=profile, shrink=shrink)
     for check in CHECKS:
         if only and check.id not in only and check.name not in only:
             continue
@@ -136,10 +136,12 @@ def run_check(ctx: Context, check: Check) -> CheckResult:
 
 
 def check_target(target, *, tokenizer: str | None = None, profile: str | None = None,
-                 only: list[str] | None = None, spec: str | None = None) -> TargetRun:
+                 only: list[str] | None = None, spec: str | None = None,
+                 shrink: bool = True) -> TargetRun:
     """Run every check on ``target`` (an object, a built-in name or ``module:attr``).
 
-    Returns a :class:`TargetRun` whose ``results`` hold one :class:`CheckResult` per check.
+    ``shrink=False`` reports the first counterexample found instead of a minimal one (faster;
+    for mutation testing). Returns a :class:`TargetRun` whose ``results`` hold one :class:`CheckResult` per check.
     A target that cannot be loaded or does not follow the protocol gives a run with ``error``.
     """
     label = spec or (target if isinstance(target, str) else getattr(target, "name", "target"))
@@ -154,6 +156,6 @@ def check_target(target, *, tokenizer: str | None = None, profile: str | None = 
                               if k not in ("options", "description")}
                     | {"options": sorted(d.options)})
     for ctx, check in iter_checks(obj, spec=str(label), tokenizer=tokenizer, profile=profile,
-                                  only=only):
+                                  only=only, shrink=shrink):
         run.results.append(run_check(ctx, check))
     return run
