@@ -230,3 +230,27 @@ def prompt_ids(conversation, tokenizer) -> list[int]:
     last = max(j for j, m in enumerate(conversation) if m["role"] == "assistant")
     text = render(tokenizer, conversation[:last], add_generation_prompt=True)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def content_tokens(conversation, tokenizer) -> list[list[int]]:
+    """For each message, the positions of the tokens that lie wholly inside its content.
+
+    Used to say *which message* a trained token belongs to (S10); a token straddling content and
+    template glue belongs to no message here.
+    """
+    text = render(tokenizer, conversation)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = [tuple(o) for o in enc["offset_mapping"]]
+    out = []
+    for j, message in enumerate(conversation):
+        before = render(tokenizer, conversation[:j]) if j else ""
+        through = render(tokenizer, conversation[: j + 1])
+        turn = text[len(before):len(through)] if text.startswith(through) else ""
+        try:
+            c0, c1 = _locate_content(turn, message["content"]) if message["content"] else (0, 0)
+        except ValueError:
+            out.append([])
+            continue
+        lo, hi = len(before) + c0, len(before) + c1
+        out.append([t for t, (s, e) in enumerate(offsets) if e > s and s >= lo and e <= hi])
+    return out

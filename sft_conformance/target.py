@@ -31,6 +31,10 @@ Optional declarations (all have defaults, see :class:`Declared`):
 * ``options``: ``{name: zero-argument factory of a variant target}`` for S12 (an option that
   should not change the math, such as padding-free or a fused loss).
 * ``tokenizer``: a bundled template name the target is meant for (default ``"chatml"``).
+* ``pad_equals_eos``: ``None`` (default) runs S4/S5 with pad == eos and with pad != eos;
+  ``True``/``False`` pins the configuration the target is built for.
+* ``multi_turn`` / ``system_prompt``: ``False`` for a target that only takes single-turn records
+  (or no system message); checks then draw such conversations, and S10 is skipped.
 """
 
 from __future__ import annotations
@@ -64,6 +68,9 @@ class Declared:
     install_hint: str = ""
     options: dict = field(default_factory=dict)
     tokenizer: str = "chatml"
+    pad_equals_eos: bool | None = None
+    multi_turn: bool = True
+    system_prompt: bool = True
     has_loss: bool = False
     has_forward: bool = False
     description: str = ""
@@ -91,6 +98,9 @@ def declared(target) -> Declared:
         install_hint=str(getattr(target, "install_hint", "") or ""),
         options=dict(getattr(target, "options", {}) or {}),
         tokenizer=str(getattr(target, "tokenizer", "chatml") or "chatml"),
+        pad_equals_eos=getattr(target, "pad_equals_eos", None),
+        multi_turn=bool(getattr(target, "multi_turn", True)),
+        system_prompt=bool(getattr(target, "system_prompt", True)),
         has_loss=callable(getattr(target, "loss", None)),
         has_forward=callable(getattr(target, "forward", None)),
         description=inspect.getdoc(type(target)) or "",

@@ -69,6 +69,7 @@ class LMCollatorTarget(_TransformersTarget):
 
     name = "transformers-lm-collator"
     trains_after_eot = True
+    pad_equals_eos = False  # the pad == eos configuration is its own target, below
     known_failures = {
         "S3": "DataCollatorForLanguageModeling(mlm=False) trains every non-pad token: system, "
               "user, role headers and template glue are trained",
@@ -96,6 +97,7 @@ class LMCollatorPadEosTarget(LMCollatorTarget):
     """
 
     name = "transformers-lm-collator-pad-eos"
+    pad_equals_eos = True
     known_failures = {
         **LMCollatorTarget.known_failures,
         "S4": "pad == eos and the collator masks labels equal to the pad id: every <|im_end|> "
