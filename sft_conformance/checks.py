@@ -165,10 +165,27 @@ def _differences(ctx, convs, tok, batch, relevant, *, pad_equals_eos=False):
         got = canonical_labels(batch, seg, labels_shifted=ctx.decl.labels_shifted)
         ids = batch["input_ids"][seg.row, seg.start:seg.stop].tolist()
         if ids != ex.input_ids:
-            continue  # different input ids: S1 reports it
+            # S1 reports the ids; here judge the tokens both sequences share, in the template's
+            # coordinates. A template token the target lacks (a missing end token) is "absent".
+            got, ids = _aligned(ex.input_ids, ids, got), ex.input_ids
         for t in range(len(ex)):
-            if got[t] != want[i][t] and relevant(t, got[t], want[i][t], ex):
+            g = IGNORE_INDEX if got[t] is None else got[t]
+            if (g != want[i][t] or got[t] is None) and relevant(t, got[t], want[i][t], ex):
+                if got[t] is None and want[i][t] == IGNORE_INDEX:
+                    continue  # an untrained template token the target lacks: S1's business
                 yield i, t, got, want[i], ids, seg
+
+
+def _aligned(expected_ids, got_ids, got_labels):
+    """The target's labels moved onto the template's token positions (None where absent)."""
+    import difflib
+
+    out = [None] * len(expected_ids)
+    matcher = difflib.SequenceMatcher(None, expected_ids, got_ids, autojunk=False)
+    for a, b, size in matcher.get_matching_blocks():
+        for k in range(size):
+            out[a + k] = got_labels[b + k]
+    return out
 
 
 def _compare_labels(ctx, convs, tok, batch, relevant, *, what, spec, pad_equals_eos=False):
@@ -269,7 +286,9 @@ def check_first_response_token_trained(ctx: Context) -> None:
         batch = ctx.collate(convs, tok)
         _compare_labels(
             ctx, convs, tok, batch,
-            lambda t, got, want, ex: want != IGNORE_INDEX and t not in _end_tokens(ex),
+            # a token absent from the target's ids (re-tokenized) is S1's finding, not S2's
+            lambda t, got, want, ex: (want != IGNORE_INDEX and got is not None
+                                      and t not in _end_tokens(ex)),
             what="S2: an assistant token is not trained (or is trained with the wrong label)",
             spec="every token of the assistant's content is a target, the first included")
 

@@ -51,14 +51,17 @@ def fail_at_position(ctx, what: str, *, tokenizer, example: int, input_ids, got,
     message = (
         f"{what}\n"
         f"  {where}, position {position}: token '{tok_text}' "
-        f"(id {int(input_ids[position]) if position < len(input_ids) else '-'}) has label "
-        f"{got[position]}, expected {expected[position]}: {spec}\n\n{table}\n\n"
+        f"(id {int(input_ids[position]) if position < len(input_ids) else '-'}) "
+        + ("is absent from the target's input ids" if got[position] is None else
+           f"has label {got[position]}")
+        + f", expected {expected[position]}: {spec}\n\n{table}\n\n"
         f"Reproduce:\n{repro_snippet(ctx, conversations, pad_equals_eos=pad_equals_eos, max_length=max_length, extra=extra_repro)}"  # noqa: E501
     )
     raise CheckFailure(message, counterexample={
         "conversations": conversations, "example": example, "row": row, "position": position,
         "token": tok_text, "input_id": int(input_ids[position]) if position < len(input_ids)
-        else None, "label": int(got[position]), "expected_label": int(expected[position]),
+        else None, "label": None if got[position] is None else int(got[position]),
+        "expected_label": int(expected[position]),
         "pad_equals_eos": pad_equals_eos, "table": table,
         "repro": repro_snippet(ctx, conversations, pad_equals_eos=pad_equals_eos,
                                max_length=max_length, extra=extra_repro),

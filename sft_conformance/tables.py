@@ -18,7 +18,7 @@ def token_table(tokenizer, input_ids, labels, expected=None, *, start: int = 0,
     """Rows ``start..stop`` of one example. ``expected`` adds the column the specification wants;
     ``mark`` flags one position with ``>>``."""
     input_ids = [int(x) for x in input_ids]
-    labels = [int(x) for x in labels]
+    labels = [None if x is None else int(x) for x in labels]
     stop = len(input_ids) if stop is None else min(stop, len(input_ids))
     headers = ["", "pos", "token", "input_id", "label"]
     if expected is not None:
@@ -28,12 +28,13 @@ def token_table(tokenizer, input_ids, labels, expected=None, *, start: int = 0,
         headers.append("attn")
     rows = []
     for t in range(max(0, start), stop):
+        label = "absent" if labels[t] is None else labels[t]
         row = [">>" if t == mark else "", t, show_token(tokenizer, input_ids[t]), input_ids[t],
-               labels[t]]
+               label]
         if expected is not None:
             exp = int(expected[t])
             row += [exp, "" if exp == labels[t] else "✗"]
-        row.append("yes" if labels[t] != IGNORE_INDEX else "no")
+        row.append("yes" if labels[t] not in (None, IGNORE_INDEX) else "no")
         if attention_mask is not None:
             row.append(int(attention_mask[t]))
         rows.append(row)

@@ -115,7 +115,14 @@ class _TRLTarget:
         try:
             with tempfile.TemporaryDirectory(prefix="sft-conformance-trl-") as out:
                 trainer = self.trainer(conversations, tokenizer, max_length, out)
-                batch = next(iter(trainer.get_train_dataloader()))
+                batch = next(iter(trainer.get_train_dataloader()), None)
+            if batch is None:
+                from reference import NoTrainedPositionError
+
+                raise NoTrainedPositionError(
+                    f"SFTTrainer's dataset preparation kept none of the {len(conversations)} "
+                    f"conversation(s) at max_length={max_length}: no batch to train on",
+                    field="conversations")
         finally:
             if was:
                 datasets.enable_progress_bars()

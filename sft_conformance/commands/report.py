@@ -1,0 +1,46 @@
+"""``sft-conformance report``: the conformance matrix of the reference, the textbook targets and
+the library adapters installed here, written to reports/conformance.{md,json}."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+
+def default_targets() -> list[str]:
+    from sft_conformance.targets import builtin_targets
+
+    return [n for n in builtin_targets() if not n.startswith("mutant-")]
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("targets", nargs="*", metavar="TARGET",
+                        help="targets to include (default: every built-in target but mutants)")
+    parser.add_argument("--out", default="reports", metavar="DIR", help="default: reports/")
+    parser.add_argument("--profile", choices=("ci", "dev", "thorough"), default="ci")
+    parser.add_argument("--from-json", metavar="PATH",
+                        help="rewrite the Markdown from stored results instead of running")
+    parser.add_argument("--tokenizer", default=None, metavar="NAME|PATH")
+
+
+def run(args) -> int:
+    from sft_conformance import report
+
+    command = "sft-conformance " + " ".join(shlex.quote(a) for a in sys.argv[1:]) \
+        if sys.argv[0].endswith("sft-conformance") else "sft-conformance report"
+    out = Path(args.out)
+    if args.from_json:
+        data = json.loads(Path(args.from_json).read_text())
+        command = data.get("command", command)
+    else:
+        targets = args.targets or default_targets()
+        print(f"conformance matrix of {len(targets)} targets (profile {args.profile})",
+              flush=True)
+        data = report.run_matrix(targets, profile=args.profile, tokenizer=args.tokenizer,
+                                 progress=lambda line: print(line, flush=True))
+    md, js = report.write(data, out, command)
+    print(f"\nwrote {md} and {js}")
+    print(report.render_markdown(dict(data, command=command), command).split("\n## ")[0])
+    return 0

@@ -1,0 +1,163 @@
+"""The conformance matrix: targets by checks, then every failure explained with its
+counterexample. Written to ``reports/conformance.md`` and ``reports/conformance.json``."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+from .checks import CHECKS
+
+SYMBOL = {"passed": "✓", "failed": "✗ fail", "xfail": "xfail", "skipped": "–", "error": "error"}
+
+#: what a failure of each requirement means, in plain words, and what it costs in training
+CONSEQUENCE = {
+    "S1": ("Training sees different token ids than inference for the same conversation "
+           "(a BPE merge across the prompt/response boundary, a doubled BOS).",
+           "The model learns continuations of contexts it will never be given; quality drops "
+           "at the boundary where the answer starts."),
+    "S2": ("Some assistant tokens are never targets, typically the first one.",
+           "The model never practises the step from the prompt to the first answer token, the "
+           "single most important transition."),
+    "S3": ("Tokens outside the assistant's turns (system, user, headers, glue) are trained.",
+           "The model spends capacity learning to write user prompts; loss values are not "
+           "comparable across data mixes."),
+    "S4": ("The end-of-turn token of an assistant turn is not trained.",
+           "The model never learns to stop: generations run on to the length limit."),
+    "S5": ("Padding is trained or changes the logits of real tokens.",
+           "The loss depends on what else is in the batch; left-padded batches learn from "
+           "shifted or polluted contexts."),
+    "S6": ("The loss is not the token mean over the batch's trained positions.",
+           "Short answers weigh as much as long ones (or padding dilutes the loss): the "
+           "optimiser sees a different objective than the one reported."),
+    "S7": ("Micro-batches or ranks are averaged as means of means.",
+           "Gradient accumulation changes the gradient: results depend on the accumulation "
+           "steps and the number of GPUs."),
+    "S8": ("Packed documents see each other, share positions, predict across boundaries or are "
+           "split across rows.",
+           "Each document is conditioned on unrelated text; packing silently changes the "
+           "training data."),
+    "S9": ("Truncation leaves NaN, a silent zero or an example with nothing to train, or loses "
+           "the end token.",
+           "Steps with NaN or zero loss, wasted compute, answers that never learn to stop."),
+    "S10": ("In multi-turn conversations the wrong turns are trained.",
+            "Earlier assistant turns are lost, or the model learns to write the user's turns."),
+    "S11": ("What a message says moves the mask (a role word or a header look-alike).",
+            "User text can switch training on or off: a prompt-injection of the loss mask."),
+    "S12": ("An option that should not change the math (padding-free, a fused loss, batch "
+            "size) changes the trained tokens or the loss.",
+            "Turning on a speed option silently changes the training objective."),
+}
+
+
+class HandLoop:
+    """A target as a hand-written training loop would call the model: its own ``forward`` is
+    hidden, so the checks call ``model(input_ids, attention_mask, position_ids)`` with the
+    model's default config."""
+
+    def __init__(self, inner):
+        self._inner = inner
+        self.name = f"{inner.name} [hand loop]"
+        self.known_failures = {}
+
+    def __getattr__(self, key):
+        if key == "forward":
+            raise AttributeError(key)
+        return getattr(self._inner, key)
+
+
+def run_matrix(targets, *, profile="ci", tokenizer=None, progress=print) -> dict:
+    """Run every check on every target; targets with a ``forward`` also run the model-level
+    checks (S5, S8) under the hand-written-loop call convention."""
+    from .runner import check_target, library_versions
+    from .target import declared, load_target
+
+    started = time.perf_counter()
+    runs = []
+    for spec in targets:
+        t0 = time.perf_counter()
+        run = check_target(spec, profile=profile, tokenizer=tokenizer)
+        entry = run.to_json()
+        entry["convention"] = "target.forward (the library's trainer call)"
+        if run.error is None:
+            obj = load_target(spec)
+            d = declared(obj)
+            if d.has_forward and not d.missing:
+                hand = check_target(HandLoop(obj), profile=profile, tokenizer=tokenizer,
+                                    only=["S5", "S8"], spec=spec)
+                entry["hand_loop"] = [r.to_json() for r in hand.results]
+            else:
+                entry["convention"] = ("model(input_ids, attention_mask, position_ids), "
+                                       "default config (no forward declared)")
+        entry["seconds"] = round(time.perf_counter() - t0, 1)
+        runs.append(entry)
+        statuses = " ".join(f"{c['id']}:{c['status']}" for c in entry["checks"])
+        progress(f"{spec}: {statuses or entry['error']} ({entry['seconds']}s)")
+    return {"generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "versions": library_versions(), "profile": profile,
+            "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores, "
+                       f"{platform.system()}",
+            "seconds": round(time.perf_counter() - started, 1), "runs": runs}
+
+
+def _cell(check: dict) -> str:
+    return SYMBOL.get(check["status"], check["status"])
+
+
+def render_markdown(data: dict, command: str) -> str:
+    ids = [c.id for c in CHECKS]
+    names = {c.id: c.name for c in CHECKS}
+    lines = ["# Conformance matrix", "",
+             "Which SFT stacks conform to the specification S1-S12 (DESIGN.md), checked with "
+             "the tiny bundled model and tokenizers. ✓ passed, ✗ failed, xfail a failure the "
+             "target declares (reason below), – skipped (reason below), error the target raised.",
+             "", f"- Command: `{command}`", f"- Generated: {data['generated']} on "
+             f"{data['machine']}, profile `{data['profile']}`, {data['seconds']} s",
+             "- Versions: " + ", ".join(f"{k} {v}" for k, v in data["versions"].items()), "",
+             "| target | " + " | ".join(ids) + " | S5/S8 hand loop |",
+             "|---|" + "---|" * len(ids) + "---|"]
+    for run in data["runs"]:
+        if run.get("error"):
+            lines.append(f"| {run['target']} | error: {run['error'][:80]} |" + " |" * len(ids))
+            continue
+        by_id = {c["id"]: c for c in run["checks"]}
+        hand = {c["id"]: c for c in run.get("hand_loop", [])}
+        hand_cell = " / ".join(_cell(hand[i]) for i in ("S5", "S8") if i in hand) or "n/a"
+        lines.append(f"| `{run['spec']}` | " + " | ".join(_cell(by_id[i]) if i in by_id else ""
+                                                         for i in ids) + f" | {hand_cell} |")
+    lines += ["", "Checks: " + "; ".join(f"{i} {names[i]}" for i in ids) + ".", "",
+              "Model-level verdicts (S5, S8, S12) use the target's own `forward` (the call "
+              "its library's trainer makes) where it declares one; the last column re-runs S5 "
+              "and S8 as a hand-written loop calls the model: `model(input_ids, "
+              "attention_mask, position_ids)` with the default config.", ""]
+    lines += ["## Skipped and declared", ""]
+    for run in data["runs"]:
+        notes = [f"{c['id']} {c['status']}: {c['message'].splitlines()[0]}"
+                 for c in run.get("checks", []) if c["status"] in ("skipped", "xfail")
+                 and "no such capability" not in c["message"]]
+        if notes:
+            lines.append(f"- `{run['spec']}`: " + "; ".join(notes))
+    lines += ["", "Checks skipped for a missing capability (no `loss`, no packing, single-turn "
+              "only) are not listed.", "", "## Failures", ""]
+    for run in data["runs"]:
+        failures = [c for c in run.get("checks", []) if c["status"] in ("failed", "error")]
+        failures += [dict(c, id=c["id"] + " (hand loop)") for c in run.get("hand_loop", [])
+                     if c["status"] in ("failed", "error")]
+        for c in failures:
+            base = c["id"].split()[0]
+            what, consequence = CONSEQUENCE.get(base, ("", ""))
+            lines += [f"### `{run['spec']}` {c['id']} {c['check']}: {c['status']}", "",
+                      f"**In plain words:** {what}  ", f"**Consequence:** {consequence}", "",
+                      "```text", c["message"].strip(), "```", ""]
+    return "\n".join(lines) + "\n"
+
+
+def write(data: dict, out_dir: Path, command: str) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md, js = out_dir / "conformance.md", out_dir / "conformance.json"
+    data = dict(data, command=command)
+    js.write_text(json.dumps(data, indent=1, default=str) + "\n", encoding="utf-8")
+    md.write_text(render_markdown(data, command), encoding="utf-8")
+    return md, js
