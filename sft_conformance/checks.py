@@ -67,13 +67,15 @@ NEEDS = {
     "loss": "a loss(logits, labels, num_items_in_batch=None) method",
     "packs": "packing (declare packs = True)",
     "multi_turn": "multi-turn conversations (the target declares multi_turn = False)",
+    "distributed": "a run with distributed=True (--distributed): it spawns 2 processes",
 }
 
 
 def missing_capability(ctx: Context, check: Check) -> str | None:
     d = ctx.decl
     have = {"collate": True, "loss": d.has_loss, "packs": d.packs,
-            "multi_turn": getattr(ctx.target, "multi_turn", True)}
+            "multi_turn": getattr(ctx.target, "multi_turn", True),
+            "distributed": ctx.distributed}
     for need in check.needs:
         if not have.get(need, False):
             return f"needs {NEEDS[need]}"
@@ -909,6 +911,37 @@ def validate_variant(variant, convs, tok, ctx):
 
     return validate_batch(variant.collate(convs, tok, ctx.max_length),
                           getattr(variant, "name", "option"))
+
+
+# -- S7 across ranks ---------------------------------------------------------------------------
+
+
+@_check("S7dp", "loss", "distributed")
+def check_data_parallel_normalization(ctx: Context) -> None:
+    """Under torch.distributed, ranks' averaged gradient equals the full batch's (S7, DP)."""
+    from .distributed import run_data_parallel
+
+    if ":" not in ctx.spec and ctx.spec not in _builtin_names():
+        raise CheckSkipped("the distributed check loads the target by name in each rank: "
+                           "pass it as a built-in name or module:attr")
+    result = run_data_parallel(ctx.spec, tokenizer_name=ctx.tokenizer_name)
+    diff = float((result["grads"] - result["want"]).abs().max())
+    scale = float(result["want"].abs().max())
+    if not math.isfinite(diff) or diff > 1e-4 * max(scale, 1e-12):
+        fail(ctx, f"S7 (data parallel): with {result['world_size']} ranks ({result['backend']}), "
+                  f"each with its own micro-batch, the all-reduced gradient differs from the "
+                  f"full batch's by up to {diff:.3g} (relative {diff / scale:.3g}); summed loss "
+                  f"{result['loss']:.6f} against the full batch's token mean "
+                  f"{result['want_loss']:.6f} ({result['count']} trained positions). A loss "
+                  "normalized by each rank's local token count, averaged by the all-reduce, is "
+                  "a mean of per-rank means: pass the global count as num_items_in_batch.",
+             conversations=None, backend=result["backend"], relative=diff / scale)
+
+
+def _builtin_names():
+    from .targets import builtin_targets
+
+    return builtin_targets()
 
 
 CHECK_IDS = [c.id for c in CHECKS]

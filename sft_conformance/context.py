@@ -36,6 +36,7 @@ class Context:
     max_length: int = 512
     seed: int = 0
     shrink: bool = True
+    distributed: bool = False
     last_inputs: dict = field(default_factory=dict)
     _tokenizers: dict = field(default_factory=dict)
     _model: object = None

@@ -424,7 +424,7 @@ KILLS = {
     "mutant-missing-end-token": "S4",
     "mutant-labels-shifted-twice": "S2",
     "mutant-per-sequence-mean": "S6",
-    "mutant-mean-of-micro-batch-means": "S7",
+    "mutant-mean-of-micro-batch-means": "S7",  # and S7dp, across ranks
     "mutant-denominator-counts-padding": "S6",
     "mutant-left-padding-without-position-ids": "S5",
     "mutant-attention-mask-from-pad-id": "S5",

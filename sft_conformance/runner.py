@@ -73,18 +73,22 @@ def library_versions() -> dict:
 
 
 def make_context(target, *, spec: str = "", tokenizer: str | None = None,
-                 profile: str | None = None, shrink: bool = True) -> Context:
+                 profile: str | None = None, shrink: bool = True,
+                 distributed: bool = False) -> Context:
     decl = declared(target)
     name = profiles.load(profile)
     return Context(target=target, decl=decl, tokenizer_name=tokenizer or decl.tokenizer,
-                   spec=spec or decl.name, profile=name, shrink=shrink)
+                   spec=spec or decl.name, profile=name, shrink=shrink,
+                   distributed=distributed)
 
 
 def iter_checks(target, *, spec: str = "", tokenizer: str | None = None,
                 profile: str | None = None, only: list[str] | None = None,
-                shrink: bool = True) -> Iterator[tuple[Context, Check]]:
+                shrink: bool = True, distributed: bool = False
+                ) -> Iterator[tuple[Context, Check]]:
     """The generator both entry points share: (context, check) for every selected check."""
-    ctx = make_context(target, spec=spec, tokenizer=tokenizer, profile=profile, shrink=shrink)
+    ctx = make_context(target, spec=spec, tokenizer=tokenizer, profile=profile, shrink=shrink,
+                       distributed=distributed)
     for check in CHECKS:
         if only and check.id not in only and check.name not in only:
             continue
@@ -137,7 +141,7 @@ def run_check(ctx: Context, check: Check) -> CheckResult:
 
 def check_target(target, *, tokenizer: str | None = None, profile: str | None = None,
                  only: list[str] | None = None, spec: str | None = None,
-                 shrink: bool = True) -> TargetRun:
+                 shrink: bool = True, distributed: bool = False) -> TargetRun:
     """Run every check on ``target`` (an object, a built-in name or ``module:attr``).
 
     ``shrink=False`` reports the first counterexample found instead of a minimal one (faster;
@@ -156,6 +160,6 @@ def check_target(target, *, tokenizer: str | None = None, profile: str | None = 
                               if k not in ("options", "description")}
                     | {"options": sorted(d.options)})
     for ctx, check in iter_checks(obj, spec=str(label), tokenizer=tokenizer, profile=profile,
-                                  only=only, shrink=shrink):
+                                  only=only, shrink=shrink, distributed=distributed):
         run.results.append(run_check(ctx, check))
     return run

@@ -21,7 +21,19 @@ def test_reference_passes_every_check(target, tokenizer):
     bad = [f"{r.id}: {r.status}\n{r.message}" for r in run.results
            if r.status not in ("passed", "skipped")]
     assert not bad, "\n\n".join(bad)
-    assert {r.id for r in run.results} == {f"S{i}" for i in range(1, 13)}
+    assert {r.id for r in run.results} == {f"S{i}" for i in range(1, 13)} | {"S7dp"}
     skipped = {r.id: r.message for r in run.results if r.status == "skipped"}
-    assert set(skipped) <= {"S8"}, skipped  # only packing, and only for non-packing targets
-    assert all("packing" in m for m in skipped.values())
+    assert set(skipped) <= {"S8", "S7dp"}, skipped  # packing for non-packing targets; DP opt-in
+    assert "packing" in skipped.get("S8", "packing")
+    assert "--distributed" in skipped["S7dp"]
+
+
+@pytest.mark.parametrize("target, status", [("reference", "passed"),
+                                            ("mutant-mean-of-micro-batch-means", "failed")])
+def test_data_parallel_check(target, status):
+    """Two gloo ranks: the global count passes, the local count (mean of rank means) fails."""
+    run = check_target(target, profile="ci", only=["S7dp"], distributed=True)
+    (result,) = run.results
+    assert result.status == status, result.message
+    if status == "failed":
+        assert "mean of per-rank means" in result.message

@@ -17,6 +17,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--check", action="append", default=None, metavar="ID",
                         help="run only these checks (S1..S12); repeatable")
     parser.add_argument("--quiet", "-q", action="store_true", help="no failure details")
+    parser.add_argument("--distributed", action="store_true",
+                        help="also run S7dp: the loss under torch.distributed with 2 processes")
 
 
 def header(targets, tokenizer, profile) -> str:
@@ -48,7 +50,7 @@ def run(args) -> int:
     runs, usage_error = [], False
     for spec in args.targets:
         result = check_target(spec, tokenizer=args.tokenizer, profile=args.profile,
-                              only=args.check)
+                              only=args.check, distributed=args.distributed)
         runs.append(result)
         if result.error:
             usage_error = True
