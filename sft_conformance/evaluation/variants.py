@@ -20,8 +20,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-import torch
-
 from reference import IGNORE_INDEX, Example, pad_examples, per_token_nll, sft_loss
 
 
