@@ -4,9 +4,11 @@
   models. Log-likelihood requests keep the context/continuation split where the task put it
   (stock lm-eval moves trailing whitespace of the context into the continuation, so with a ChatML
   prompt ending in ``assistant\\n`` the newline, which a correctly masked model never learned to
-  predict, would be scored). And every generation records whether it produced the end-of-turn
-  token (lm-eval cuts generations at stop sequences and decodes without special tokens, so the
-  returned text cannot say): :meth:`SFTHFLM.stopped` reads it back per context.
+  predict, is scored; with a BPE that merges ``assistant\\n`` into one token, as the bundled one
+  does, the model is fed an ``assistant`` token it never saw at that place instead). And every
+  generation records whether it produced the end-of-turn token (lm-eval cuts generations at
+  stop sequences and decodes without special tokens, so the returned text cannot say);
+  :meth:`SFTHFLM.stopped` reads it back per context.
 * Tasks are loaded by lm-eval's :class:`~lm_eval.tasks.TaskManager` from our own path only
   (``include_defaults=False``: indexing lm-eval's 14.7k built-in tasks costs 12-16 s), and a
   task's relative ``data_files`` are resolved against its YAML file, not the working directory.
