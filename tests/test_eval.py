@@ -148,7 +148,15 @@ def _save(model, tok, path):
     return str(path)
 
 
-def test_checkpoints_before_after_deltas(tmp_path, monkeypatch):
+@pytest.fixture
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_checkpoints_before_after_deltas(tmp_path, monkeypatch, one_thread):
     from sft_conformance.evaluation.train import TrainConfig, train_run
 
     tok = load_tokenizer("seed001")
@@ -168,7 +176,7 @@ def test_checkpoints_before_after_deltas(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     rc = main(["eval", "--before", before, "--after", after, "--tasks",
                "sftc_reverse,sftc_reverse_ll,my_sums", "--include-path", str(user),
-               "--limit", "32", "--json", str(tmp_path / "d.json"), "--markdown",
+               "--limit", "32", "--threads", "1", "--json", str(tmp_path / "d.json"), "--markdown",
                str(tmp_path / "d.md")])
     assert rc == 0
     data = json.loads((tmp_path / "d.json").read_text())
@@ -179,6 +187,7 @@ def test_checkpoints_before_after_deltas(tmp_path, monkeypatch):
     assert "my_sums" in d and "stop" in d["sftc_reverse"]
     assert "| sftc_reverse" in (tmp_path / "d.md").read_text()
     rc = main(["eval", "--model", after, "--tasks", "sftc_reverse", "--limit", "16",
+               "--threads", "1",
                "--json", str(tmp_path / "m.json")])
     assert rc == 0
     m = json.loads((tmp_path / "m.json").read_text())["result"]

@@ -46,7 +46,9 @@ def add_arguments(parser) -> None:
     a.add_argument("--out", default="reports/eval", help="report folder (default reports/eval)")
     a.add_argument("--strict", action="store_true",
                    help="exit 1 when the expected ordering of the variants does not hold")
-    a.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: 1 for the ablation's tiny models, "
+                             "torch's default for checkpoints)")
     c = parser.add_argument_group("checkpoints")
     c.add_argument("--model", help="local Hugging Face checkpoint to evaluate")
     c.add_argument("--before", help="checkpoint before SFT")
@@ -77,15 +79,21 @@ def _command() -> str:
 
 
 def run(args) -> int:
+    import torch
+
     from sft_conformance.cli import UsageError
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    if args.model or args.before or args.after:
-        return _run_checkpoints(args, UsageError)
-    return _run_ablation(args, UsageError)
+    checkpoints = bool(args.model or args.before or args.after)
+    threads = args.threads or (None if checkpoints else 1)
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        if checkpoints:
+            return _run_checkpoints(args, UsageError)
+        return _run_ablation(args, UsageError)
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _run_ablation(args, UsageError) -> int:
