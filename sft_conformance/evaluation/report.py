@@ -187,10 +187,29 @@ def markdown(data: dict) -> str:
               f"`generate_until` on the final models {verdict}: exact match on "
               f"{a['exact_match_agree']}/{a['samples']} samples and end-token stop on "
               f"{a['stop_agree']}/{a['samples']} samples, over {a['runs']} (run, task) pairs.",
+              "", "## Reading the results", "",
+              "- `stop` is the fraction of greedy generations that produced the end-of-turn "
+              "token. The log-likelihood `acc` scores the answer tokens only (teacher forced), "
+              "so a model that never learned to stop can score high there while its generations "
+              "never end and never match: that is the pad == eos bug (S4).",
+              "- The mask one position too long leaves the first answer token untrained: the "
+              "model learns the rest of the answer but cannot start it (S2).",
+              "- Without a prompt mask (and, less so, with the mask one too short) learning is "
+              "slower at the same step budget; given enough steps these toy models catch up, "
+              "which is why the comparison is made at the budget and learning curves are shown.",
+              "- Times are wall-clock on the machine below and depend on its load.",
               "", "## Environment", "",
               tabulate([[k, v] for k, v in env.items()], headers=["", ""], tablefmt="github"),
               ""]
     return "\n".join(lines)
+
+
+def rerender(json_path: Path) -> Path:
+    """Rewrite the Markdown of a stored ablation JSON (same folder, same stem)."""
+    data = json.loads(Path(json_path).read_text())
+    md = Path(json_path).with_suffix(".md")
+    md.write_text(markdown(data))
+    return md
 
 
 def write(data: dict, out_dir: Path, json_path: Path | None = None) -> dict:
