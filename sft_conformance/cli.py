@@ -70,4 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the importable module's main, so that UsageError is one class for every command
+    from sft_conformance.cli import main as _main
+
+    sys.exit(_main())

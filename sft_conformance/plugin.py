@@ -33,6 +33,8 @@ def pytest_addoption(parser):
                     help="hypothesis profile of the checks (default: ci when CI is set, else dev)")
     group.addoption("--sft-check", action="append", default=[], metavar="ID",
                     help="run only these checks (S1..S12 or a check name); repeatable")
+    group.addoption("--sft-update-snapshots", action="store_true", default=False,
+                    help="rewrite the mask snapshots compared by the sft_snapshot fixture")
 
 
 def pytest_configure(config):
@@ -111,6 +113,46 @@ def pytest_collection_modifyitems(session, config, items):
         for ctx, check in pairs:
             items.append(CheckItem.from_parent(session, name=f"sft[{spec}::{check.id}]",
                                                ctx=ctx, check=check))
+
+
+class SnapshotFixture:
+    """``sft_snapshot.assert_match(target, path)``: the target's masks on the corpus must equal
+    the recorded snapshot; ``pytest --sft-update-snapshots`` records them instead."""
+
+    def __init__(self, update: bool):
+        self.update = update
+
+    def assert_match(self, target, path, *, corpus=None, tokenizer=None, max_length=512):
+        __tracebackhide__ = True
+        from pathlib import Path
+
+        from . import snapshots
+
+        path = Path(path)
+        new = snapshots.take_snapshot(target, tokenizer=tokenizer, corpus=corpus,
+                                      max_length=max_length)
+        if self.update or not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            snapshots.save(new, path)
+            if not self.update:
+                pytest.fail(f"no snapshot at {path}: recorded one now; commit it and re-run",
+                            pytrace=False)
+            return
+        result = snapshots.diff(snapshots.load(path), new)
+        if not result.clean:
+            from .assets import load_tokenizer
+
+            tok = load_tokenizer(new["tokenizer"]["name"])
+            pytest.fail(f"the masks changed against {path}:\n\n"
+                        f"{snapshots.render_diff(result, tok)}\n\nIf the change is intended, "
+                        "re-run with --sft-update-snapshots and commit the snapshot.",
+                        pytrace=False)
+
+
+@pytest.fixture
+def sft_snapshot(request):
+    """Snapshot gate for a collator's masks (see :class:`SnapshotFixture`)."""
+    return SnapshotFixture(request.config.getoption("--sft-update-snapshots"))
 
 
 def parametrize_checks(target, *, expected_failures: dict | None = None,

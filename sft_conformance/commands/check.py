@@ -64,6 +64,9 @@ def run(args) -> int:
                     print(f"\n--- {result.target} {r.id} {r.check}: {r.status} ---\n{r.message}")
         print(flush=True)
     if args.json:
+        from pathlib import Path
+
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump({"runs": [r.to_json() for r in runs]}, fh, indent=1, default=str)
     totals = {}
