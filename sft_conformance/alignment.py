@@ -126,4 +126,19 @@ def match_documents(batch: dict, expected_ids: list[list[int]]):
             matches[want[key].pop(0)] = s
         else:
             unmatched.append(s)
+    # Rows whose boundaries cannot be read (no position_ids, no document_ids): find a document
+    # as a contiguous run of its ids, so that the checks still see where it sits.
+    taken = {(s.row, t) for s in matches if s is not None for t in range(s.start, s.stop)}
+    for i, e in enumerate(expected_ids):
+        if matches[i] is not None or not e:
+            continue
+        for r in range(ids.shape[0]):
+            row = ids[r].tolist()
+            for start in range(0, len(row) - len(e) + 1):
+                if row[start:start + len(e)] == list(e) and (r, start) not in taken:
+                    matches[i] = Segment(r, start, start + len(e))
+                    taken.update((r, t) for t in range(start, start + len(e)))
+                    break
+            if matches[i] is not None:
+                break
     return matches, unmatched

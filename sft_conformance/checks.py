@@ -27,6 +27,7 @@ from reference import forward as reference_forward
 from .alignment import (
     IGNORE_INDEX,
     canonical_labels,
+    document_segments,
     match_documents,
     row_segments,
     trained_padding,
@@ -369,14 +370,16 @@ def check_padding_invariance(ctx: Context) -> None:
         exs, _ = _expected(ctx, convs, tok)
         segs = _segments(ctx, batch, exs, convs, tok=tok, pad_equals_eos=pad_eos)
         shifted = ctx.decl.labels_shifted
-        padded = trained_padding(batch, [s for s in segs if s is not None],
-                                 labels_shifted=shifted)
+        real = document_segments(batch) if ctx.decl.packs else [s for s in segs if s is not None]
+        padded = trained_padding(batch, real, labels_shifted=shifted)
         if padded:
             r, i = padded[0]
             fail(ctx, f"S5: padding is trained: batch row {r}, label index {i} is "
                       f"{int(batch['labels'][r, i])} but its target is a padding position. "
                       "Padding must always carry the ignore index (-100).",
                  conversations=convs, pad_equals_eos=pad_eos)
+        if ctx.decl.packs:
+            return  # documents of a packed row are judged against each other by S8
         model = ctx.model()
         with torch.no_grad():
             logits = ctx.forward(batch)
