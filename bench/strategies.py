@@ -10,7 +10,7 @@ optimizer steps (``ceil(N / batch_size)``), so the optimizer's cost per real tok
 * ``padding_free``: the same batches as ``dynamic``, each flattened into one row with positions
   restarting per example (``DataCollatorWithFlattening``); no pad token at all.
 * ``packed``: best-fit-decreasing packing of the whole epoch into rows of at most ``max_length``,
-  the rows dealt into as many batches as ``dynamic`` has.
+  the rows shuffled and dealt into as many batches as ``dynamic`` has.
 
 A batch is a dict of tensors (``input_ids``, ``labels``, ``attention_mask``, ``position_ids``,
 plus ``document_ids``/``cu_seqlens``/``max_seqlen`` for the flattened layouts) and a ``meta`` dict
@@ -118,6 +118,7 @@ def make_batches(strategy: str, examples: Sequence[Example], *, pad_token_id: in
     if strategy == "packed":
         bins = best_fit_decreasing([len(e) for e in examples], max_length)
         rows = [[examples[i] for i in sorted(b)] for b in bins]
+        random.Random(seed).shuffle(rows)  # a trainer's sampler shuffles packed rows
         per_batch = max(1, math.ceil(len(rows) / len(chunks)))
         return [flatten_rows(rows[i:i + per_batch], pad_token_id)
                 for i in range(0, len(rows), per_batch)]
