@@ -25,6 +25,8 @@ class BenchConfig:
     strategies: tuple[str, ...] = field(default=STRATEGIES)
     fill_rate_lengths: int = 10_000   # lengths drawn for the fill-rate table at 2,048
     compare_packers: bool = True      # time our packer against TRL's on those lengths
+    threads: int | None = None        # CPU only: torch threads (1 avoids oversubscribing a
+                                      # shared machine); None keeps torch's default
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -36,11 +38,12 @@ PRESETS = {
     # CPU, part of the tests: every metric produced and loss parity, not speed (< 2 minutes)
     "smoke": BenchConfig(preset="smoke", model="tiny", data="alpaca", n_examples=16,
                          max_length=256, batch_size=4, warmup_steps=1, repeats=2,
-                         device="cpu", fill_rate_lengths=2_000, compare_packers=False),
+                         device="cpu", fill_rate_lengths=2_000, compare_packers=False,
+                         threads=1),
     # CPU report committed in reports/bench (a few minutes on 2 cores)
     "cpu": BenchConfig(preset="cpu", model="tiny-wide", data="alpaca", n_examples=128,
                        max_length=512, batch_size=8, warmup_steps=2, repeats=3, device="cpu",
-                       fill_rate_lengths=100_000),
+                       fill_rate_lengths=100_000, threads=1),
     # H100/H200-class GPUs, bf16
     "cuda-qwen-alpaca": BenchConfig(preset="cuda-qwen-alpaca", model="qwen2.5-0.5b",
                                     data="alpaca", n_examples=4096, max_length=2048,

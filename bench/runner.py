@@ -150,6 +150,18 @@ def train_epochs(model, batches, fwd, cfg: BenchConfig, device: str, bar) -> dic
 
 
 def run_benchmark(cfg: BenchConfig, *, progress: bool = True, command: str | None = None) -> dict:
+    """Run every strategy of ``cfg`` and return the results (the JSON of the report)."""
+    threads = torch.get_num_threads()
+    device, _ = resolve_device(cfg)
+    if cfg.threads and not device.startswith("cuda"):
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _run(cfg, progress=progress, command=command)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(cfg: BenchConfig, *, progress: bool, command: str | None) -> dict:
     from tqdm.auto import tqdm
 
     from sft_conformance.assets import load_tokenizer

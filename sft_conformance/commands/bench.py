@@ -34,6 +34,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dtype", choices=["auto", "bfloat16", "float32", "float16"])
     parser.add_argument("--strategies", help=f"comma-separated subset of {','.join(STRATEGIES)}")
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--threads", type=int, help="CPU only: torch threads for the run")
     parser.add_argument("--out", default="reports/bench", help="report directory")
     parser.add_argument("--name", help="report file stem (default PRESET-DEVICE)")
     parser.add_argument("--json", help="also write the results JSON here")
@@ -95,7 +96,8 @@ def _run(args) -> dict:
                          n_examples=args.n_examples, max_length=args.max_length,
                          batch_size=args.batch_size, warmup_steps=args.warmup_steps,
                          repeats=args.repeats, device=args.device, dtype=args.dtype,
-                         strategies=strategies, seed=args.seed)
+                         strategies=strategies, seed=args.seed,
+                         threads=args.threads)
     except KeyError as exc:
         raise UsageError(str(exc)) from exc
     command = "sft-conformance bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) \
