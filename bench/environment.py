@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -31,8 +32,17 @@ def git_commit() -> str | None:
         return None
 
 
+def _load() -> list[float] | None:
+    """1, 5 and 15 minute load averages: a shared machine shows up here."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def environment() -> dict:
     return {"python": platform.python_version(), "platform": platform.platform(),
             "versions": {p: _version(p) for p in PACKAGES},
             "git_commit": git_commit(),
+            "load_average": _load(),
             "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")}

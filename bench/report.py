@@ -99,6 +99,10 @@ def markdown(results: dict, plot_name: str | None) -> str:
         f"- Command: `{results.get('command') or 'n/a'}`",
         f"- Preset `{cfg['preset']}`; date {env['date_utc']} UTC; git {env['git_commit']}; "
         f"wall time {results.get('wall_s', 0):.0f} s",
+        f"- Load average (1/5/15 min) at start {env.get('load_average')}, at end "
+        f"{env.get('load_average_at_end')} on {dev.get('cores', '?')} cores"
+        + (" (a shared machine: other jobs ran during the measurement)"
+           if cpu and (env.get("load_average") or [0])[0] > (dev.get("cores") or 1) else ""),
         "- Versions: python " + env["python"] + ", " + ", ".join(
             f"{k} {v}" for k, v in env["versions"].items() if v),
         f"- Model: `{model['spec']}` ({model['source']}), {model['model_type']}, "
@@ -194,9 +198,43 @@ def markdown(results: dict, plot_name: str | None) -> str:
                            tablefmt="github", disable_numparse=True), "",
                   "One timing each on a shared machine; the pytest-benchmark micro-benchmarks "
                   "(`pytest bench/ --benchmark-only`) repeat them.", ""]
+    lines += ["## Targets of issue #4 (measured, not asserted)", "",
+              tabulate(targets(results), headers=["target", "measured", "status"],
+                       tablefmt="github", disable_numparse=True), ""]
     if summ.get("errors"):
         lines += ["## Errors", ""] + [f"- `{s}`: {m}" for s, m in summ["errors"].items()] + [""]
     return "\n".join(lines)
+
+
+def targets(results: dict) -> list[list[str]]:
+    rows = []
+    pk, pc = results.get("packing", {}), results.get("packer_comparison", {})
+    at = pk.get("at_2048")
+    if at and results["config"]["data"] == "alpaca":
+        rows.append(["BFD fill rate >= 99% (Alpaca-like, max_length 2,048)",
+                     _pct(at["fill_rate"]), "met" if at["fill_rate"] >= 0.99 else "NOT met"])
+    ours = pc.get("ours")
+    for key, label in (("trl", "default map batches"), ("trl_one_batch", "one map batch")):
+        trl = pc.get(key, {})
+        if ours and "seconds" in trl:
+            fast = ours["seconds"] <= trl["seconds"]
+            full = ours["fill_rate"] >= trl["fill_rate"] - 1e-12
+            rows.append([f"our packer >= TRL bfd ({label}) in speed and fill rate",
+                         f"{ours['seconds']:.2f} s vs {trl['seconds']:.2f} s; "
+                         f"{_pct(ours['fill_rate'])} vs {_pct(trl['fill_rate'])}",
+                         "met" if fast and full else "NOT met"])
+    rows.append(["our collators >= the library collators they mirror",
+                 "see the micro-benchmarks (pytest bench/test_micro.py)", "not in this run"])
+    packed = results["strategies"].get("packed", {})
+    if results["device"]["kind"] == "cuda" and "fraction_of_ideal" in packed:
+        f = packed["fraction_of_ideal"]
+        rows.append(["CUDA: packing >= 0.9 of the ideal speed-up over dynamic padding",
+                     _pct(f), "met" if f >= 0.9 else "NOT met"])
+    else:
+        rows.append(["CUDA: packing >= 0.9 of the ideal speed-up over dynamic padding",
+                     _pct(packed.get("fraction_of_ideal")) + " on this CPU",
+                     "not applicable (not a GPU run)"])
+    return rows
 
 
 def write_report(results: dict, out_dir: str | Path, name: str, *, plot: bool = True) -> dict:

@@ -222,6 +222,7 @@ def _run(cfg: BenchConfig, *, progress: bool, command: str | None) -> dict:
             timing = train_epochs(model, batches, fwd, cfg, device, bar)
         except torch.OutOfMemoryError as exc:
             entry["error"] = f"out of memory: {str(exc).splitlines()[0]}"
+            model.zero_grad(set_to_none=True)
             per[strategy] = entry
             _activate(model, attention["padded"], attention)
             metrics.reset_memory(device)
@@ -259,6 +260,7 @@ def _run(cfg: BenchConfig, *, progress: bool, command: str | None) -> dict:
         results["packer_comparison"] = packer_comparison(
             _fill_lengths(cfg, data, cap=2048), capacity=2048)
     results["wall_s"] = time.perf_counter() - t_start
+    results["environment"]["load_average_at_end"] = environment()["load_average"]
     return results
 
 

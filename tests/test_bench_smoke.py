@@ -113,3 +113,32 @@ def test_regression_gate(tmp_path, capsys):
     other["device"] = {"kind": "cuda", "name": "NVIDIA H100 80GB HBM3"}
     assert _gate(tmp_path, results, other, "--fail-above", "10") == 2
     assert "same device" in capsys.readouterr().err
+
+
+def test_cli_user_model_config_and_jsonl(tmp_path, capsys):
+    """``--model CONFIG --data FILE.jsonl --tokenizer``: the path a user takes, end to end."""
+    from sft_conformance.assets import load_tokenizer
+    from sft_conformance.bench.data import PROFILES, generate_conversations
+    from sft_conformance.cli import main
+
+    tok = load_tokenizer("chatml")
+    config = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
+              "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
+              "vocab_size": len(tok), "max_position_embeddings": 512}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    convs = generate_conversations(PROFILES["alpaca"], 8, tok, seed=5)
+    with open(tmp_path / "chats.jsonl", "w") as f:
+        for i, c in enumerate(convs):
+            f.write(json.dumps({"messages": c} if i % 2 else c) + "\n")
+    code = main(["bench", "--model", str(tmp_path / "config.json"), "--data",
+                 str(tmp_path / "chats.jsonl"), "--tokenizer", "chatml", "--max-length", "128",
+                 "--batch-size", "4", "--repeats", "1", "--warmup-steps", "0", "--threads", "1",
+                 "--strategies", "dynamic,packed", "--out", str(tmp_path), "--name", "user",
+                 "--no-progress", "--no-plot"])
+    assert code == 0, capsys.readouterr()
+    results = json.loads((tmp_path / "user.json").read_text())
+    assert list(results["strategies"]) == ["dynamic", "packed"]
+    assert results["data"]["raw_lengths"]["n"] == 8
+    assert results["model"]["layers"] == 1 and "random init" in results["model"]["source"]
+    assert main(["bench", "--model", str(tmp_path / "missing"), "--no-progress",
+                 "--out", str(tmp_path)]) == 2

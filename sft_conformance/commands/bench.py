@@ -106,7 +106,8 @@ def _run(args) -> dict:
         results = run_benchmark(cfg, progress=not args.no_progress, command=command)
     except (ValueError, RuntimeError, OSError) as exc:
         raise UsageError(str(exc)) from exc
-    name = args.name or f"{cfg.preset}-{results['device']['kind']}"
+    kind = results["device"]["kind"]
+    name = args.name or (cfg.preset if kind in cfg.preset else f"{cfg.preset}-{kind}")
     paths = write_report(results, args.out, name, plot=not args.no_plot)
     if args.json:
         with open(args.json, "w") as f:
