@@ -53,26 +53,32 @@ def flatten_rows(rows: Sequence[Sequence[Example]], pad_token_id: int,
     boundaries of the flattened real tokens (the varlen-attention layout).
     """
     width = width or max(sum(len(e) for e in row) for row in rows)
-    R = len(rows)
-    input_ids = torch.full((R, width), pad_token_id, dtype=torch.long)
-    labels = torch.full((R, width), IGNORE_INDEX, dtype=torch.long)
-    position_ids = torch.zeros((R, width), dtype=torch.long)
-    attention_mask = torch.zeros((R, width), dtype=torch.long)
-    document_ids = torch.full((R, width), -1, dtype=torch.long)
+    ids, labels, positions, docs, mask = [], [], [], [], []
     cu, doc = [0], 0
-    for r, row in enumerate(rows):
-        t = 0
+    for row in rows:  # plain lists, one tensor per field at the end (the fast path)
+        used = 0
         for ex in row:
             n = len(ex)
             lab = labels_for(ex)
             lab[0] = IGNORE_INDEX
-            input_ids[r, t:t + n] = torch.tensor(ex.input_ids)
-            labels[r, t:t + n] = torch.tensor(lab)
-            position_ids[r, t:t + n] = torch.arange(n)
-            attention_mask[r, t:t + n] = 1
-            document_ids[r, t:t + n] = doc
-            doc, t = doc + 1, t + n
+            ids += ex.input_ids
+            labels += lab
+            positions += range(n)
+            docs += [doc] * n
+            doc, used = doc + 1, used + n
             cu.append(cu[-1] + n)
+        pad = width - used
+        ids += [pad_token_id] * pad
+        labels += [IGNORE_INDEX] * pad
+        positions += [0] * pad
+        docs += [-1] * pad
+        mask += [1] * used + [0] * pad
+    shape = (len(rows), width)
+    input_ids = torch.tensor(ids, dtype=torch.long).view(shape)
+    labels = torch.tensor(labels, dtype=torch.long).view(shape)
+    position_ids = torch.tensor(positions, dtype=torch.long).view(shape)
+    attention_mask = torch.tensor(mask, dtype=torch.long).view(shape)
+    document_ids = torch.tensor(docs, dtype=torch.long).view(shape)
     batch = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids,
              "attention_mask": attention_mask, "document_ids": document_ids,
              "cu_seqlens": torch.tensor(cu, dtype=torch.int32),

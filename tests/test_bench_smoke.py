@@ -142,3 +142,19 @@ def test_cli_user_model_config_and_jsonl(tmp_path, capsys):
     assert results["model"]["layers"] == 1 and "random init" in results["model"]["source"]
     assert main(["bench", "--model", str(tmp_path / "missing"), "--no-progress",
                  "--out", str(tmp_path)]) == 2
+
+
+def test_flatten_rows_matches_reference_packing(chatml):
+    import torch
+
+    from reference.packing import pack_examples
+    from sft_conformance.bench.data import PROFILES, generate_conversations, tokenize
+    from sft_conformance.bench.strategies import flatten_rows
+
+    examples = tokenize(generate_conversations(PROFILES["alpaca"], 12, chatml, seed=1), chatml,
+                        256).examples
+    ref = pack_examples(examples, 256, chatml.pad_token_id)
+    ours = flatten_rows([[examples[i] for i in r] for r in ref["rows"]], chatml.pad_token_id)
+    for key in ("input_ids", "labels", "position_ids", "attention_mask", "cu_seqlens"):
+        assert torch.equal(ours[key], ref[key]), key
+    assert torch.equal(ours["document_ids"] >= 0, ref["document_ids"] >= 0)
