@@ -170,6 +170,7 @@ def _run(cfg: BenchConfig, *, progress: bool, command: str | None) -> dict:
     from .micro import packer_comparison
 
     t_start = time.perf_counter()
+    env = environment()  # versions, commit and the load average before the run
     torch.manual_seed(cfg.seed)
     device, dtype = resolve_device(cfg)
     dtype_name = str(dtype).replace("torch.", "")
@@ -220,8 +221,10 @@ def _run(cfg: BenchConfig, *, progress: bool, command: str | None) -> dict:
                 entry["isolation"]["batch"] = k
             model.train()
             timing = train_epochs(model, batches, fwd, cfg, device, bar)
-        except torch.OutOfMemoryError as exc:
-            entry["error"] = f"out of memory: {str(exc).splitlines()[0]}"
+        except Exception as exc:  # out of memory, a kernel missing: record it, go on
+            first = (str(exc).splitlines() or [""])[0]
+            entry["error"] = (f"out of memory: {first}" if isinstance(exc, torch.OutOfMemoryError)
+                              else f"{type(exc).__name__}: {first}")
             model.zero_grad(set_to_none=True)
             per[strategy] = entry
             _activate(model, attention["padded"], attention)
@@ -242,7 +245,7 @@ def _run(cfg: BenchConfig, *, progress: bool, command: str | None) -> dict:
         "command": command,
         "device": dev,
         "dtype": dtype_name,
-        "environment": environment(),
+        "environment": env,
         "model": {"spec": cfg.model, "source": model_source, **shape},
         "attention": attention,
         "flops_formula": metrics.FLOPS_FORMULA,
