@@ -154,14 +154,17 @@ def markdown(results: dict, plot_name: str | None) -> str:
               f"reference: `{summ['reference_for_parity']}`, relative tolerance "
               f"{summ['parity_rtol']:g}. All parity checks passed: "
               f"**{summ['all_parity_passed']}**.", ""]
-    iso = [[s, e["isolation"]["documents_in_row"], f"{e['isolation']['max_abs_nll_diff']:.2e}",
+    iso = [[s, f"{e['isolation'].get('batch', 0)} / {e['isolation'].get('row', 0)}",
+            e["isolation"]["documents_in_row"], f"{e['isolation']['max_abs_nll_diff']:.2e}",
             f"{e['isolation']['leak_control_max_abs_nll_diff']:.2e}",
             f"{e['isolation']['atol']:g}", "passed" if e["isolation"]["passed"] else "FAILED"]
            for s, e in results["strategies"].items() if "isolation" in e]
     if iso:
-        lines += ["First row of the first batch: per-token NLL packed vs each document alone; "
-                  "the leak control runs the same row with a plain causal mask.", "",
-                  tabulate(iso, headers=["strategy", "documents", "max |dNLL|",
+        lines += ["Per-token NLL of one row, packed vs each of its documents run alone. The row "
+                  "is the one with the most documents in the first batch that has a row of two "
+                  "documents or more; the leak control runs the same row with a plain causal "
+                  "mask (documents see each other), showing that a leak would be visible.", "",
+                  tabulate(iso, headers=["strategy", "batch / row", "documents", "max |dNLL|",
                                          "leak control max |dNLL|", "tolerance", "isolation"],
                            tablefmt="github"), ""]
     ceil = results["matmul_ceiling"]
