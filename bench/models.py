@@ -138,14 +138,16 @@ def forward_fn(backend: str):
         def packed_forward(model, batch):
             if "document_ids" in batch:
                 # no attention mask: transformers detects the documents from the restarting
-                # position ids (varlen for flash-attention, a document BlockMask for flex)
-                return model(input_ids=batch["input_ids"],
-                             position_ids=batch["position_ids"]).logits
+                # position ids (varlen for flash-attention, a document BlockMask for flex). It
+                # does so only without a KV cache: with the config's default use_cache=True a
+                # cache is created and the row silently becomes one causal sequence (a leak).
+                return model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                             use_cache=False).logits
             return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                         position_ids=batch["position_ids"]).logits
+                         position_ids=batch["position_ids"], use_cache=False).logits
         return packed_forward
 
     def padded_forward(model, batch):
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                     position_ids=batch["position_ids"]).logits
+                     position_ids=batch["position_ids"], use_cache=False).logits
     return padded_forward

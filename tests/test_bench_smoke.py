@@ -158,3 +158,22 @@ def test_flatten_rows_matches_reference_packing(chatml):
     for key in ("input_ids", "labels", "position_ids", "attention_mask", "cu_seqlens"):
         assert torch.equal(ours[key], ref[key]), key
     assert torch.equal(ours["document_ids"] >= 0, ref["document_ids"] >= 0)
+
+
+def test_position_ids_only_feed_keeps_documents_apart(chatml, tiny):
+    """The CUDA feed of packed rows (no mask, documents from restarting position ids, as used for
+    flash-attention varlen and FlexAttention) isolates documents; checked here on sdpa/CPU.
+
+    Without ``use_cache=False`` transformers 5.23 creates a KV cache, skips its packed-sequence
+    detection and the row leaks across documents: this test failed before the fix."""
+    from sft_conformance.bench.data import PROFILES, generate_conversations, tokenize
+    from sft_conformance.bench.models import forward_fn
+    from sft_conformance.bench.runner import isolation_check
+
+    examples = tokenize(generate_conversations(PROFILES["alpaca"], 6, chatml, seed=2), chatml,
+                        256).examples
+    batch = make_batches("padding_free", examples, pad_token_id=chatml.pad_token_id,
+                         max_length=256, batch_size=6)[0]
+    result = isolation_check(tiny, batch, forward_fn("flash_attention_2"), forward_fn("sdpa"),
+                             atol=1e-3)
+    assert result["passed"] and result["distinguishes_leak"], result
