@@ -149,6 +149,11 @@ def markdown(results: dict, plot_name: str | None) -> str:
                   "TRL PR #3526, torchtune README).", "",
                   tabulate(rows, headers=["strategy", "speed-up (real tok/s)", "ideal",
                                           "share of ideal"], tablefmt="github"), ""]
+        if any(e.get("fraction_of_ideal", 0) > 1 for e in results["strategies"].values()):
+            lines += ["A share above 100% is not a free lunch: the ideal counts padding only, "
+                      "while packed rows may also need fewer optimizer steps (see `steps`) and "
+                      "per-step overheads shrink; on a shared machine the strategies also ran "
+                      "under different loads.", ""]
     lines += ["## Loss parity and document isolation", "",
               f"Mean loss = token-sum / token-count over the whole epoch at the initial weights; "
               f"reference: `{summ['reference_for_parity']}`, relative tolerance "

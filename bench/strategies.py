@@ -1,7 +1,8 @@
 """The five batching strategies, each turning the same examples into the batches of one epoch.
 
 Every strategy sees the same examples and, as far as its layout allows, the same number of
-optimizer steps (``ceil(N / batch_size)``), so the optimizer's cost per real token is comparable:
+optimizer steps (``ceil(N / batch_size)``; packing may need fewer), so the optimizer's cost per
+real token is comparable:
 
 * ``fixed``: ``batch_size`` examples per batch in data order, right-padded to ``max_length``.
 * ``dynamic``: the same batches, padded to the longest row of each batch.
@@ -10,7 +11,8 @@ optimizer steps (``ceil(N / batch_size)``), so the optimizer's cost per real tok
 * ``padding_free``: the same batches as ``dynamic``, each flattened into one row with positions
   restarting per example (``DataCollatorWithFlattening``); no pad token at all.
 * ``packed``: best-fit-decreasing packing of the whole epoch into rows of at most ``max_length``,
-  the rows shuffled and dealt into as many batches as ``dynamic`` has.
+  the rows shuffled and dealt ``ceil(rows / ceil(N / batch_size))`` to a batch, so at most as
+  many steps as ``dynamic`` (fewer when the division is not exact).
 
 A batch is a dict of tensors (``input_ids``, ``labels``, ``attention_mask``, ``position_ids``,
 plus ``document_ids``/``cu_seqlens``/``max_seqlen`` for the flattened layouts) and a ``meta`` dict

@@ -67,7 +67,8 @@ def run(args) -> int:
     else:
         results = _run(args)
     if baseline is None:
-        return 0 if results["summary"]["all_parity_passed"] else 1
+        s = results["summary"]
+        return 0 if s["all_parity_passed"] and s.get("all_isolation_passed", True) else 1
     try:
         ok, table, regressions = gate.compare(results, baseline, args.fail_above)
     except gate.DeviceMismatch as exc:
