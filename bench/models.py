@@ -1,0 +1,153 @@
+"""Models built from configs (no weights needed for throughput) and the attention backends.
+
+``tiny`` is the bundled tiny Llama. ``qwen2.5-0.5b`` and ``llama-3.2-1b`` are the published shapes
+of those models (hidden size, layers, heads, vocabulary), randomly initialised. Anything else is a
+local path: a directory with ``config.json`` (weights are loaded when present), or a config file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+SHAPES = {
+    # Qwen/Qwen2.5-0.5B config.json
+    "qwen2.5-0.5b": {"model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864,
+                     "num_hidden_layers": 24, "num_attention_heads": 14,
+                     "num_key_value_heads": 2, "vocab_size": 151936,
+                     "max_position_embeddings": 32768, "rope_theta": 1000000.0,
+                     "rms_norm_eps": 1e-6, "tie_word_embeddings": True},
+    # meta-llama/Llama-3.2-1B config.json (the llama3 rope scaling does not change the FLOPs)
+    "llama-3.2-1b": {"model_type": "llama", "hidden_size": 2048, "intermediate_size": 8192,
+                     "num_hidden_layers": 16, "num_attention_heads": 32,
+                     "num_key_value_heads": 8, "vocab_size": 128256, "head_dim": 64,
+                     "max_position_embeddings": 131072, "rope_theta": 500000.0,
+                     "rms_norm_eps": 1e-5, "tie_word_embeddings": True},
+}
+
+
+def _config_from(spec: str, tokenizer, attn: str):
+    from transformers import AutoConfig
+
+    if spec in SHAPES:
+        d = dict(SHAPES[spec])
+        return AutoConfig.for_model(d.pop("model_type"), **d, attn_implementation=attn), None
+    path = Path(spec)
+    if path.is_file():
+        d = json.loads(path.read_text())
+        return AutoConfig.for_model(d.pop("model_type"), **d, attn_implementation=attn), None
+    if path.is_dir() and (path / "config.json").exists():
+        config = AutoConfig.from_pretrained(str(path), local_files_only=True,
+                                            attn_implementation=attn)
+        has_weights = any(path.glob("*.safetensors")) or any(path.glob("*.bin"))
+        return config, (str(path) if has_weights else None)
+    raise ValueError(f"unknown model {spec!r}: expected tiny, {', '.join(SHAPES)}, a directory "
+                     "with config.json or a config JSON file")
+
+
+def build_model(spec: str, tokenizer, *, device: str, dtype: torch.dtype, attn: str = "sdpa",
+                seed: int = 0):
+    """Return ``(model, description)``; random init from the config unless weights exist."""
+    from transformers import AutoModelForCausalLM
+
+    if spec == "tiny":
+        from sft_conformance.assets import tiny_model
+
+        model = tiny_model(tokenizer, seed=seed, hidden_size=64, num_layers=2,
+                           attn_implementation=attn)
+        source = "bundled tiny Llama (hidden 64, 2 layers), random init"
+    elif spec == "tiny-wide":
+        from sft_conformance.assets import tiny_model
+
+        model = tiny_model(tokenizer, seed=seed, hidden_size=256, num_layers=4,
+                           attn_implementation=attn)
+        source = "bundled tiny Llama (hidden 256, 4 layers), random init"
+    else:
+        config, weights = _config_from(spec, tokenizer, attn)
+        if config.vocab_size < len(tokenizer):
+            raise ValueError(f"model vocabulary {config.vocab_size} is smaller than the "
+                             f"tokenizer's {len(tokenizer)}")
+        if weights:
+            model = AutoModelForCausalLM.from_pretrained(weights, local_files_only=True,
+                                                         torch_dtype=dtype,
+                                                         attn_implementation=attn)
+            source = f"checkpoint {weights}"
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                model = AutoModelForCausalLM.from_config(config, attn_implementation=attn)
+            source = f"shape of {spec}, random init from config"
+    model = model.to(device=device, dtype=dtype)
+    model.train()
+    return model, source
+
+
+def model_shape(model) -> dict:
+    """Sizes for the FLOPs formula: parameters (embedding excluded), layers, width, vocabulary."""
+    cfg = model.config
+    d = cfg.hidden_size
+    vocab = cfg.vocab_size
+    total = sum(p.numel() for p in model.parameters())
+    embed = model.get_input_embeddings().weight.numel()
+    tied = bool(getattr(cfg, "tie_word_embeddings", False))
+    non_embedding = total - embed - (0 if tied else vocab * d)
+    return {"params_total": total, "params_non_embedding": non_embedding,
+            "params_matmul": non_embedding + vocab * d, "layers": cfg.num_hidden_layers,
+            "hidden_size": d, "vocab_size": vocab, "tied_embeddings": tied,
+            "model_type": cfg.model_type}
+
+
+def flash_attn_available() -> bool:
+    try:
+        import flash_attn  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def choose_attention(device: str) -> dict:
+    """The attention implementation of the padded runs and of the packed / padding-free runs.
+
+    On CUDA: flash-attention 2 varlen when ``flash_attn`` imports (padding skipped through
+    unpadding, documents kept apart from ``position_ids``); otherwise FlexAttention document masks
+    (``flex_attention``, which skips fully masked blocks) for the flattened layouts, falling back to
+    sdpa with an explicit 4D block-causal mask. On CPU: sdpa, flattened layouts with the explicit
+    block-causal mask (isolation holds; cross-document work is masked, not skipped).
+    """
+    if device.startswith("cuda"):
+        if flash_attn_available():
+            return {"padded": "flash_attention_2", "flattened": "flash_attention_2",
+                    "skips_cross_document": True,
+                    "why": "flash_attn installed: varlen kernels from position_ids"}
+        return {"padded": "sdpa", "flattened": "flex_attention", "skips_cross_document": True,
+                "why": "flash_attn not installed: FlexAttention document mask (block-sparse)"}
+    return {"padded": "sdpa", "flattened": "sdpa+block_causal_4d", "skips_cross_document": False,
+            "why": "CPU: sdpa with an explicit 4D block-causal mask (dense; masked, not skipped)"}
+
+
+def forward_fn(backend: str):
+    """How a batch is fed to the model for a given attention backend; returns a callable."""
+    from reference.accumulation import forward as reference_forward
+
+    if backend == "sdpa+block_causal_4d":
+        return reference_forward  # explicit block-diagonal causal mask from document_ids
+
+    if backend in ("flash_attention_2", "flex_attention"):
+        def packed_forward(model, batch):
+            if "document_ids" in batch:
+                # no attention mask: transformers detects the documents from the restarting
+                # position ids (varlen for flash-attention, a document BlockMask for flex). It
+                # does so only without a KV cache: with the config's default use_cache=True a
+                # cache is created and the row silently becomes one causal sequence (a leak).
+                return model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                             use_cache=False).logits
+            return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         position_ids=batch["position_ids"], use_cache=False).logits
+        return packed_forward
+
+    def padded_forward(model, batch):
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                     position_ids=batch["position_ids"], use_cache=False).logits
+    return padded_forward

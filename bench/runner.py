@@ -1,0 +1,353 @@
+"""Run the benchmark: the same examples through every strategy, timed, with loss parity.
+
+Per strategy: build the epoch's batches, run a no-grad pass at the initial weights for the loss
+parity (token-sum / token-count over the whole epoch, float64), check document isolation on the
+first batch of the flattened layouts, then train: ``warmup_steps`` untimed steps, then ``repeats``
+timed epochs (forward + backward and optimizer timed apart; CUDA events read after a synchronize).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+import time
+
+import torch
+
+from reference.loss import per_token_nll, sft_loss
+
+from . import metrics
+from .data import PROFILES, BenchData, generate_conversations, length_stats, load_jsonl, tokenize
+from .models import build_model, choose_attention, forward_fn, model_shape
+from .presets import BenchConfig
+from .strategies import FLATTENED, STRATEGIES, epoch_counts, make_batches
+
+PARITY_RTOL = {"float32": 1e-4, "bfloat16": 1e-2}
+ISOLATION_ATOL = {"float32": 1e-3, "bfloat16": 0.1}  # max |delta per-token NLL|
+
+
+def resolve_device(cfg: BenchConfig) -> tuple[str, torch.dtype]:
+    device = cfg.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} asked for but CUDA is not available")
+    if cfg.dtype == "auto":
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    else:
+        dtype = getattr(torch, cfg.dtype)
+    return device, dtype
+
+
+def load_data(cfg: BenchConfig, tokenizer) -> BenchData:
+    if cfg.data in PROFILES:
+        profile = PROFILES[cfg.data]
+        convs = generate_conversations(profile, cfg.n_examples, tokenizer, seed=cfg.seed)
+        return tokenize(convs, tokenizer, cfg.max_length, name=cfg.data,
+                        description=profile.source)
+    convs = load_jsonl(cfg.data)
+    if cfg.n_examples and cfg.n_examples < len(convs):
+        convs = convs[:cfg.n_examples]
+    return tokenize(convs, tokenizer, cfg.max_length, name=str(cfg.data),
+                    description=f"user JSONL {cfg.data} ({len(convs)} conversations)")
+
+
+def _to(batch: dict, device: str) -> dict:
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def parity_pass(model, batches, fwd) -> dict:
+    """Token-sum and token-count of the loss over the epoch at the current weights."""
+    total, count = 0.0, 0
+    for b in batches:
+        nll = per_token_nll(fwd(model, b), b["labels"])
+        total += float(nll.double().sum())
+        count += b["meta"]["trained_tokens"]
+    return {"loss_sum": total, "trained_tokens": count, "loss_mean": total / max(count, 1)}
+
+
+@torch.no_grad()
+def isolation_check(model, batch, fwd, padded_fwd, atol: float) -> dict:
+    """Per-token NLL of one row of the batch, packed vs each of its documents run alone.
+
+    The row is the one of the batch holding the most documents. A control runs the same row with
+    a plain causal mask (documents see each other), so the report shows what a leak would look
+    like at this precision.
+    """
+    counts = [len(set(r.tolist()) - {-1}) for r in batch["document_ids"]]
+    r = max(range(len(counts)), key=counts.__getitem__)
+    ids, pos = batch["input_ids"][r:r + 1], batch["position_ids"][r:r + 1]
+    docs = batch["document_ids"][r]
+    labels = ids.clone()
+    labels[0, docs < 0] = -100
+    starts = torch.ones_like(docs, dtype=torch.bool)
+    starts[1:] = docs[1:] != docs[:-1]
+    labels[0, starts] = -100  # a document's first token is not predicted from the previous one
+    row = {k: (v[r:r + 1] if isinstance(v, torch.Tensor) and v.dim() == 2 else v)
+           for k, v in batch.items() if k != "meta"}
+    row.pop("cu_seqlens", None)  # batch-level boundaries; the forward functions do not use them
+    packed = per_token_nll(fwd(model, row), labels)[0]
+    leak_row = {"input_ids": ids, "position_ids": pos,
+                "attention_mask": (docs >= 0).long()[None]}
+    leaky = per_token_nll(padded_fwd(model, leak_row), labels)[0]
+    alone = torch.zeros_like(packed)
+    n_docs = 0
+    for d in docs.unique():
+        if d < 0:
+            continue
+        where = (docs == d).nonzero().flatten()
+        s, e = int(where[0]), int(where[-1]) + 1
+        single = {"input_ids": ids[:, s:e], "position_ids": torch.arange(e - s,
+                                                                         device=ids.device)[None],
+                  "attention_mask": torch.ones(1, e - s, dtype=torch.long, device=ids.device)}
+        nll = per_token_nll(padded_fwd(model, single), ids[:, s:e])[0]
+        alone[s:e - 1] = nll
+        n_docs += 1
+    keep = labels[0, 1:] != -100
+    diff = (packed - alone)[keep].abs()
+    leak = (leaky - alone)[keep].abs()
+    max_diff, leak_diff = float(diff.max()), float(leak.max())
+    return {"row": r, "documents_in_row": n_docs, "max_abs_nll_diff": max_diff,
+            "mean_abs_nll_diff": float(diff.mean()), "leak_control_max_abs_nll_diff": leak_diff,
+            "atol": atol, "passed": max_diff <= atol,
+            "distinguishes_leak": leak_diff > 2 * max_diff}
+
+
+def train_epochs(model, batches, fwd, cfg: BenchConfig, device: str, bar) -> dict:
+    """Untimed warm-up steps, then ``repeats`` timed epochs; per-epoch and per-step times."""
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    warm = [batches[i % len(batches)] for i in range(cfg.warmup_steps)]
+    for b in warm:
+        sft_loss(fwd(model, b), b["labels"]).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        bar.update(1)
+    metrics.synchronize(device)
+    metrics.reset_memory(device)
+    epochs, fb, op = [], [], []
+    for _ in range(cfg.repeats):
+        marks = metrics.Marks(device)
+        metrics.synchronize(device)
+        for b in batches:
+            marks.mark()
+            sft_loss(fwd(model, b), b["labels"]).backward()
+            marks.mark()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            marks.mark()
+            bar.update(1)
+        iv = marks.intervals()  # (fwd+bwd, opt, gap) per step; the gap is the next step's start
+        fb_e = iv[0::3]
+        op_e = iv[1::3]
+        fb += fb_e
+        op += op_e
+        epochs.append(sum(fb_e) + sum(op_e))
+    mem = metrics.memory(device)
+    del opt
+    return {"epoch_s": epochs, "fwd_bwd_s": fb, "optimizer_s": op, **mem}
+
+
+def run_benchmark(cfg: BenchConfig, *, progress: bool = True, command: str | None = None) -> dict:
+    """Run every strategy of ``cfg`` and return the results (the JSON of the report)."""
+    threads = torch.get_num_threads()
+    device, _ = resolve_device(cfg)
+    if cfg.threads and not device.startswith("cuda"):
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _run(cfg, progress=progress, command=command)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(cfg: BenchConfig, *, progress: bool, command: str | None) -> dict:
+    from tqdm.auto import tqdm
+
+    from sft_conformance.assets import load_tokenizer
+
+    from .environment import environment
+    from .micro import packer_comparison
+
+    t_start = time.perf_counter()
+    env = environment()  # versions, commit and the load average before the run
+    torch.manual_seed(cfg.seed)
+    device, dtype = resolve_device(cfg)
+    dtype_name = str(dtype).replace("torch.", "")
+    unknown = [s for s in cfg.strategies if s not in STRATEGIES]
+    if unknown:
+        raise ValueError(f"unknown strategies {unknown}; expected some of {', '.join(STRATEGIES)}")
+    tokenizer = load_tokenizer(cfg.tokenizer)
+    data = load_data(cfg, tokenizer)
+    attention = choose_attention(device)
+    model, model_source = build_model(cfg.model, tokenizer, device=device, dtype=dtype,
+                                      attn=attention["padded"], seed=cfg.seed)
+    shape = model_shape(model)
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    ceiling = metrics.matmul_ceiling(device, dtype)
+    dev = metrics.device_info(device)
+    padded_fwd = forward_fn(attention["padded"])
+    pad_id = tokenizer.pad_token_id
+
+    all_batches = {s: make_batches(s, data.examples, pad_token_id=pad_id,
+                                   max_length=cfg.max_length, batch_size=cfg.batch_size,
+                                   seed=cfg.seed) for s in cfg.strategies}
+    total_steps = sum(cfg.warmup_steps + cfg.repeats * len(b) for b in all_batches.values())
+    bar = tqdm(total=total_steps, desc="bench", unit="step", file=sys.stderr,
+               disable=not progress, dynamic_ncols=True)
+    per = {}
+    for strategy in cfg.strategies:
+        bar.set_description(strategy)
+        batches = [_to(b, device) for b in all_batches[strategy]]
+        counts = epoch_counts(batches)
+        model.load_state_dict(initial)
+        backend = attention["flattened"] if strategy in FLATTENED else attention["padded"]
+        entry = {"strategy": strategy, **counts, "attention_backend": backend}
+        if strategy == "packed":
+            rows = sum(b["meta"]["rows"] for b in batches)
+            entry["packing_fill_rate"] = counts["real_tokens"] / (rows * cfg.max_length)
+            entry["packed_rows"] = rows
+        try:
+            backend, fwd = _activate(model, backend, attention)
+            entry["attention_backend"] = backend
+            model.eval()
+            entry["parity"] = parity_pass(model, batches, fwd)
+            if strategy in FLATTENED:
+                # the first batch, or the first one with a row of two documents or more
+                k = next((i for i, b in enumerate(batches)
+                          if any(len(set(r.tolist()) - {-1}) > 1 for r in b["document_ids"])), 0)
+                entry["isolation"] = isolation_check(model, batches[k], fwd, padded_fwd,
+                                                     ISOLATION_ATOL.get(dtype_name, 0.1))
+                entry["isolation"]["batch"] = k
+            model.train()
+            timing = train_epochs(model, batches, fwd, cfg, device, bar)
+        except Exception as exc:  # out of memory, a kernel missing: record it, go on
+            first = (str(exc).splitlines() or [""])[0]
+            entry["error"] = (f"out of memory: {first}" if isinstance(exc, torch.OutOfMemoryError)
+                              else f"{type(exc).__name__}: {first}")
+            model.zero_grad(set_to_none=True)
+            per[strategy] = entry
+            _activate(model, attention["padded"], attention)
+            metrics.reset_memory(device)
+            continue
+        finally:
+            if backend == "flex_attention":
+                model.set_attn_implementation(attention["padded"])
+        entry.update(_throughput(entry, timing, batches, shape, ceiling, dev))
+        per[strategy] = entry
+        del batches
+        metrics.reset_memory(device)
+    bar.close()
+    summary = _summarize(per, dtype_name)
+    results = {
+        "schema": "sft-conformance/bench/1",
+        "config": cfg.to_dict(),
+        "command": command,
+        "device": dev,
+        "dtype": dtype_name,
+        "environment": env,
+        "model": {"spec": cfg.model, "source": model_source, **shape},
+        "attention": attention,
+        "flops_formula": metrics.FLOPS_FORMULA,
+        "matmul_ceiling": ceiling,
+        "data": {"name": data.name, "description": data.description,
+                 "tokenizer": getattr(tokenizer, "name_or_path", cfg.tokenizer),
+                 "raw_lengths": length_stats(data.raw_lengths, cfg.max_length),
+                 "lengths_after_truncation": length_stats(data.lengths, cfg.max_length),
+                 "n_truncated": data.n_truncated, "n_dropped": data.n_dropped},
+        "strategies": per,
+        "summary": summary,
+    }
+    results["packing"] = _packing_section(cfg, data)
+    if cfg.compare_packers:
+        results["packer_comparison"] = packer_comparison(
+            _fill_lengths(cfg, data, cap=2048), capacity=2048)
+    results["wall_s"] = time.perf_counter() - t_start
+    results["environment"]["load_average_at_end"] = environment()["load_average"]
+    return results
+
+
+def _activate(model, backend: str, attention: dict):
+    """Switch the model's attention implementation when the flattened layouts need another."""
+    if backend == "flex_attention":
+        try:
+            model.set_attn_implementation("flex_attention")
+        except Exception as exc:  # an older transformers or a model without flex support
+            attention["fallback"] = f"flex_attention unavailable ({exc}); sdpa + 4D mask"
+            backend = "sdpa+block_causal_4d"
+    return backend, forward_fn(backend)
+
+
+def _throughput(entry, timing, batches, shape, ceiling, dev) -> dict:
+    epochs = timing["epoch_s"]
+    real, trained = entry["real_tokens"], entry["trained_tokens"]
+    flops = sum(metrics.step_flops(b["meta"]["doc_lengths"], shape) for b in batches)
+    achieved = [flops / t for t in epochs]
+    peak = dev.get("dense_bf16_peak_flops")
+    return {
+        "timing": timing,
+        "real_tokens_per_s": metrics.summarize([real / t for t in epochs]),
+        "trained_tokens_per_s": metrics.summarize([trained / t for t in epochs]),
+        "epoch_s": metrics.summarize(epochs),
+        "step_fwd_bwd_s": metrics.summarize(timing["fwd_bwd_s"]),
+        "step_optimizer_s": metrics.summarize(timing["optimizer_s"]),
+        "peak_allocated_mb": timing.get("peak_allocated_mb"),
+        "peak_reserved_mb": timing.get("peak_reserved_mb"),
+        "flops_per_epoch": flops,
+        "achieved_flops": statistics.median(achieved),
+        "mfu_vs_peak": statistics.median(achieved) / peak if peak else None,
+        "mfu_vs_matmul_ceiling": statistics.median(achieved) / ceiling["flops"],
+    }
+
+
+def _summarize(per: dict, dtype_name: str) -> dict:
+    ok = {s: e for s, e in per.items() if "error" not in e}
+    ref = ok.get("dynamic") or ok.get("fixed")
+    out = {"reference_for_parity": ref["strategy"] if ref else None,
+           "parity_rtol": PARITY_RTOL.get(dtype_name, 1e-2)}
+    if ref:
+        ref_loss = ref["parity"]["loss_mean"]
+        for e in ok.values():
+            rel = abs(e["parity"]["loss_mean"] - ref_loss) / abs(ref_loss)
+            e["parity"]["rel_diff_vs_padded"] = rel
+            e["parity"]["passed"] = rel <= out["parity_rtol"]
+    dyn = ok.get("dynamic")
+    if dyn:
+        ideal = 1 / dyn["fill_rate"]
+        out["dynamic_padding_density"] = dyn["fill_rate"]
+        out["ideal_speedup"] = ideal
+        base = dyn["real_tokens_per_s"]["median"]
+        for e in ok.values():
+            sp = e["real_tokens_per_s"]["median"] / base
+            e["speedup_vs_dynamic"] = sp
+            e["fraction_of_ideal"] = sp / ideal
+    out["all_parity_passed"] = all(e["parity"].get("passed", False) for e in ok.values())
+    out["all_isolation_passed"] = all(e["isolation"]["passed"] for e in ok.values()
+                                      if "isolation" in e)
+    out["errors"] = {s: e["error"] for s, e in per.items() if "error" in e}
+    return out
+
+
+def _fill_lengths(cfg: BenchConfig, data: BenchData, cap: int) -> list[int]:
+    """Lengths for the fill-rate table: drawn from the profile, or the user's data."""
+    if cfg.data in PROFILES:
+        return [min(cap, n) for n in PROFILES[cfg.data].sample_lengths(cfg.fill_rate_lengths,
+                                                                       cfg.seed)]
+    return [min(cap, n) for n in data.raw_lengths]
+
+
+def _packing_section(cfg: BenchConfig, data: BenchData) -> dict:
+    from reference.packing import best_fit_decreasing
+
+    def fill(lengths, cap):
+        bins = best_fit_decreasing(lengths, cap)
+        return {"capacity": cap, "items": len(lengths), "rows": len(bins),
+                "fill_rate": sum(lengths) / (len(bins) * cap),
+                "lower_bound_rows": math.ceil(sum(lengths) / cap)}
+
+    out = {"run_data": fill(data.lengths, cfg.max_length)}
+    lengths = _fill_lengths(cfg, data, 2048)
+    out["at_2048"] = fill(lengths, 2048)
+    out["at_2048"]["source"] = (f"{len(lengths)} lengths drawn from the {cfg.data} length model"
+                                if cfg.data in PROFILES else "the user's data, raw lengths")
+    return out

@@ -1,0 +1,179 @@
+"""The benchmark's smoke preset (CPU): every metric is produced and the loss parity holds.
+
+Speed is not asserted: the numbers of a shared CPU say nothing about a GPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from sft_conformance.bench.presets import get_preset
+from sft_conformance.bench.strategies import STRATEGIES, epoch_counts, make_batches
+
+METRICS = ("real_tokens_per_s", "trained_tokens_per_s", "padding_fraction", "fill_rate",
+           "step_fwd_bwd_s", "step_optimizer_s", "peak_allocated_mb", "peak_reserved_mb",
+           "mfu_vs_peak", "mfu_vs_matmul_ceiling", "flops_per_epoch", "parity",
+           "speedup_vs_dynamic", "fraction_of_ideal", "attention_backend", "epoch_s")
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    from sft_conformance.bench.report import write_report
+    from sft_conformance.bench.runner import run_benchmark
+
+    results = run_benchmark(get_preset("smoke"), progress=False, command="pytest smoke")
+    out = tmp_path_factory.mktemp("bench")
+    paths = write_report(results, out, "smoke-cpu")
+    return results, paths
+
+
+def test_every_strategy_reports_every_metric(smoke):
+    results, _ = smoke
+    assert list(results["strategies"]) == list(STRATEGIES)
+    for name, entry in results["strategies"].items():
+        assert "error" not in entry, (name, entry.get("error"))
+        missing = [m for m in METRICS if m not in entry]
+        assert not missing, (name, missing)
+        assert entry["real_tokens_per_s"]["median"] > 0
+        assert entry["real_tokens_per_s"]["n"] == results["config"]["repeats"]
+        assert entry["trained_tokens"] < entry["real_tokens"] <= entry["slots"]
+        assert entry["mfu_vs_matmul_ceiling"] > 0
+        assert entry["mfu_vs_peak"] is None  # a CPU has no published dense bf16 peak
+    assert results["device"]["kind"] == "cpu"
+    stats = results["data"]["raw_lengths"]
+    assert {"mean", "median", "p90", "p99", "max", "frac_over_cap"} <= set(stats)
+    assert results["summary"]["ideal_speedup"] >= 1
+
+
+def test_loss_parity_and_isolation(smoke):
+    results, _ = smoke
+    s = results["summary"]
+    assert s["all_parity_passed"], {k: v["parity"] for k, v in results["strategies"].items()}
+    for name, entry in results["strategies"].items():
+        assert entry["parity"]["rel_diff_vs_padded"] <= 1e-4, name
+    for name in ("padding_free", "packed"):
+        iso = results["strategies"][name]["isolation"]
+        assert iso["passed"] and iso["documents_in_row"] >= 2, iso
+        assert iso["distinguishes_leak"], iso  # a leak would have been visible
+    same = {e["trained_tokens"] for e in results["strategies"].values()}
+    assert len(same) == 1  # the same examples went through every strategy
+
+
+def test_report_files(smoke):
+    results, paths = smoke
+    text = paths["markdown"].read_text()
+    assert "CPU" in text.splitlines()[0] and "CPU run" in text
+    for needle in ("Command:", "Versions:", "length distribution", "FLOPs per training step",
+                   "ideal", "Loss parity"):
+        assert needle in text, needle
+    assert paths["png"].read_bytes()[:4] == b"\x89PNG"
+    assert json.loads(paths["json"].read_text())["summary"]["all_parity_passed"]
+
+
+def test_strategies_see_the_same_examples(chatml):
+    from sft_conformance.bench.data import PROFILES, generate_conversations, tokenize
+
+    convs = generate_conversations(PROFILES["alpaca"], 10, chatml, seed=3)
+    examples = tokenize(convs, chatml, 128).examples
+    totals = {}
+    for s in STRATEGIES:
+        batches = make_batches(s, examples, pad_token_id=chatml.pad_token_id, max_length=128,
+                               batch_size=4)
+        lengths = sorted(n for b in batches for n in b["meta"]["doc_lengths"])
+        totals[s] = (lengths, epoch_counts(batches)["trained_tokens"])
+    assert len({repr(v) for v in totals.values()}) == 1
+
+
+def _gate(tmp_path, current, baseline, *extra):
+    from sft_conformance.cli import main
+
+    cur, base = tmp_path / "current.json", tmp_path / "baseline.json"
+    cur.write_text(json.dumps(current))
+    base.write_text(json.dumps(baseline))
+    return main(["bench", "--results", str(cur), "--compare", str(base), *extra])
+
+
+def _fake_results(tps: dict, device="Some CPU") -> dict:
+    return {"device": {"kind": "cpu", "name": device},
+            "strategies": {s: {"real_tokens_per_s": {"median": v}} for s, v in tps.items()},
+            "summary": {"all_parity_passed": True}}
+
+
+def test_regression_gate(tmp_path, capsys):
+    results = _fake_results({"dynamic": 1000.0, "packed": 2000.0})
+    assert _gate(tmp_path, results, results, "--fail-above", "5") == 0
+    faster = copy.deepcopy(results)
+    faster["strategies"]["packed"]["real_tokens_per_s"]["median"] *= 1.5
+    assert _gate(tmp_path, results, faster, "--fail-above", "10") == 1
+    assert "REGRESSION" in capsys.readouterr().out
+    other = copy.deepcopy(results)
+    other["device"] = {"kind": "cuda", "name": "NVIDIA H100 80GB HBM3"}
+    assert _gate(tmp_path, results, other, "--fail-above", "10") == 2
+    assert "same device" in capsys.readouterr().err
+
+
+def test_cli_user_model_config_and_jsonl(tmp_path, capsys):
+    """``--model CONFIG --data FILE.jsonl --tokenizer``: the path a user takes, end to end."""
+    from sft_conformance.assets import load_tokenizer
+    from sft_conformance.bench.data import PROFILES, generate_conversations
+    from sft_conformance.cli import main
+
+    tok = load_tokenizer("chatml")
+    config = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
+              "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
+              "vocab_size": len(tok), "max_position_embeddings": 512}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    convs = generate_conversations(PROFILES["alpaca"], 8, tok, seed=5)
+    with open(tmp_path / "chats.jsonl", "w") as f:
+        for i, c in enumerate(convs):
+            f.write(json.dumps({"messages": c} if i % 2 else c) + "\n")
+    code = main(["bench", "--model", str(tmp_path / "config.json"), "--data",
+                 str(tmp_path / "chats.jsonl"), "--tokenizer", "chatml", "--max-length", "128",
+                 "--batch-size", "4", "--repeats", "1", "--warmup-steps", "0", "--threads", "1",
+                 "--strategies", "dynamic,packed", "--out", str(tmp_path), "--name", "user",
+                 "--no-progress", "--no-plot"])
+    assert code == 0, capsys.readouterr()
+    results = json.loads((tmp_path / "user.json").read_text())
+    assert list(results["strategies"]) == ["dynamic", "packed"]
+    assert results["data"]["raw_lengths"]["n"] == 8
+    assert results["model"]["layers"] == 1 and "random init" in results["model"]["source"]
+    assert main(["bench", "--model", str(tmp_path / "missing"), "--no-progress",
+                 "--out", str(tmp_path)]) == 2
+
+
+def test_flatten_rows_matches_reference_packing(chatml):
+    import torch
+
+    from reference.packing import pack_examples
+    from sft_conformance.bench.data import PROFILES, generate_conversations, tokenize
+    from sft_conformance.bench.strategies import flatten_rows
+
+    examples = tokenize(generate_conversations(PROFILES["alpaca"], 12, chatml, seed=1), chatml,
+                        256).examples
+    ref = pack_examples(examples, 256, chatml.pad_token_id)
+    ours = flatten_rows([[examples[i] for i in r] for r in ref["rows"]], chatml.pad_token_id)
+    for key in ("input_ids", "labels", "position_ids", "attention_mask", "cu_seqlens"):
+        assert torch.equal(ours[key], ref[key]), key
+    assert torch.equal(ours["document_ids"] >= 0, ref["document_ids"] >= 0)
+
+
+def test_position_ids_only_feed_keeps_documents_apart(chatml, tiny):
+    """The CUDA feed of packed rows (no mask, documents from restarting position ids, as used for
+    flash-attention varlen and FlexAttention) isolates documents; checked here on sdpa/CPU.
+
+    Without ``use_cache=False`` transformers 5.23 creates a KV cache, skips its packed-sequence
+    detection and the row leaks across documents: this test failed before the fix."""
+    from sft_conformance.bench.data import PROFILES, generate_conversations, tokenize
+    from sft_conformance.bench.models import forward_fn
+    from sft_conformance.bench.runner import isolation_check
+
+    examples = tokenize(generate_conversations(PROFILES["alpaca"], 6, chatml, seed=2), chatml,
+                        256).examples
+    batch = make_batches("padding_free", examples, pad_token_id=chatml.pad_token_id,
+                         max_length=256, batch_size=6)[0]
+    result = isolation_check(tiny, batch, forward_fn("flash_attention_2"), forward_fn("sdpa"),
+                             atol=1e-3)
+    assert result["passed"] and result["distinguishes_leak"], result
