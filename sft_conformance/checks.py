@@ -469,12 +469,12 @@ def check_loss_equals_oracle(ctx: Context) -> None:
             per_seq = [oracle_loss([row], [lab], labels_shifted=ctx.decl.labels_shifted)
                        for row, lab in zip(logits.detach().tolist(), labels)]
             per_seq = [x for x in per_seq if x is not None]
-            hint = (f"; the mean of per-sequence means would be {sum(per_seq) / len(per_seq):.6f}"
-                    if per_seq else "")
+            hint = (f"; the mean of per-sequence means would be "
+                    f"{sum(per_seq) / len(per_seq):.6f}" if per_seq else "")
+            n = count_trained(batch["labels"], labels_shifted=ctx.decl.labels_shifted)
             fail(ctx, f"S6: loss {value:.6f} != {want:.6f}, the mean of -log p(target) over "
-                      f"the {count_trained(batch['labels'], labels_shifted=ctx.decl.labels_shifted)}"
-                      f" trained positions of the batch (float64 logits, tolerance {tol:g}, loss computed "
-                      f"in {got.dtype}){hint}.",
+                      f"the {n} trained positions of the batch (float64 logits, tolerance "
+                      f"{tol:g}, loss computed in {got.dtype}){hint}.",
                  conversations=convs, extra_repro=(
                      "import torch\n"
                      f"logits = torch.randn(*batch['input_ids'].shape, {V}, "

@@ -58,7 +58,7 @@ class Context:
             self._model = tiny_model(self.tokenizer(), seed=self.seed)
         return self._model
 
-    # -- calls into the target, validated -----------------------------------------------------------
+    # -- calls into the target, validated ---------------------------------------------------
     def collate(self, conversations, tokenizer, max_length: int | None = None) -> dict:
         max_length = max_length or self.max_length
         self.last_inputs = {"conversations": conversations, "max_length": max_length,

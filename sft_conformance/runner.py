@@ -145,7 +145,8 @@ def check_target(target, *, tokenizer: str | None = None, profile: str | None = 
     """Run every check on ``target`` (an object, a built-in name or ``module:attr``).
 
     ``shrink=False`` reports the first counterexample found instead of a minimal one (faster;
-    for mutation testing). Returns a :class:`TargetRun` whose ``results`` hold one :class:`CheckResult` per check.
+    for mutation testing). Returns a :class:`TargetRun` whose ``results`` hold one
+    :class:`CheckResult` per check.
     A target that cannot be loaded or does not follow the protocol gives a run with ``error``.
     """
     label = spec or (target if isinstance(target, str) else getattr(target, "name", "target"))

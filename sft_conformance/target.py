@@ -4,7 +4,7 @@ A target is any object with these attributes::
 
     class MyTarget:
         name = "my-trainer"
-        labels_shifted = False      # False: HF convention; True: labels[t] is the target of logits[t]
+        labels_shifted = False  # False: HF convention; True: labels[t] is the target of logits[t]
 
         def collate(self, conversations, tokenizer, max_length):
             '''Return a mapping with input_ids and labels (B, T) LongTensors, and optionally
