@@ -651,6 +651,12 @@ def check_truncation(ctx: Context) -> None:
         if width > cap and not ctx.decl.packs:
             fail(ctx, f"S9: the batch is {width} tokens wide, more than max_length={cap}",
                  conversations=convs, max_length=cap)
+        if ctx.decl.packs:
+            longest = max((len(seg) for seg in document_segments(batch)), default=0)
+            if longest > cap:
+                fail(ctx, f"S9: a packed document of {longest} tokens exceeds max_length={cap}: "
+                          f"the over-long example was kept whole, although the target declares "
+                          f"overlong={policy!r}", conversations=convs, max_length=cap)
         for r in range(labels.shape[0]):
             n_row = count_trained(labels[r:r + 1], labels_shifted=shifted)
             if n_row == 0:
