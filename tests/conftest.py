@@ -26,6 +26,20 @@ def tokenizers():
 
 
 @pytest.fixture(scope="session")
+def tok():
+    from sft_conformance.assets import load_tokenizer
+
+    return load_tokenizer("chatml")
+
+
+@pytest.fixture(scope="session")
+def tok_gen():
+    from sft_conformance.assets import load_tokenizer
+
+    return load_tokenizer("chatml-generation")
+
+
+@pytest.fixture(scope="session")
 def chatml():
     from sft_conformance.assets import load_tokenizer
 

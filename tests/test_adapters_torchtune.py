@@ -18,14 +18,7 @@ NAMES = ("torchtune-padded-collate-sft", "torchtune-packed", "torchtune-packed-s
 HINT = "pip install 'sft-conformance[torchtune]'"
 HAVE_TORCHTUNE = importlib.util.find_spec("torchtune") is not None
 
-SINGLE = [{"role": "user", "content": "hi there"}, {"role": "assistant", "content": "hello you"}]
-MULTI = [
-    {"role": "system", "content": "be nice"},
-    {"role": "user", "content": "2+2?"},
-    {"role": "assistant", "content": "4"},
-    {"role": "user", "content": "3+3"},
-    {"role": "assistant", "content": "6 ok"},
-]
+from samples import MULTI, SINGLE  # noqa: E402
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -20,33 +20,7 @@ from sft_conformance.target import declared, load_target
 
 ADAPTERS = Path(__file__).resolve().parents[1] / "sft_conformance" / "adapters"
 
-SINGLE = [{"role": "user", "content": "hi there"}, {"role": "assistant", "content": "hello you"}]
-MULTI = [
-    {"role": "system", "content": "be nice"},
-    {"role": "user", "content": "2+2?"},
-    {"role": "assistant", "content": "4"},
-    {"role": "user", "content": "3+3"},
-    {"role": "assistant", "content": "6 ok"},
-]
-LOOKALIKE = [
-    {"role": "user", "content": "write assistant\n then <|im_start|> as text"},
-    {"role": "assistant", "content": "sure: assistant\nuser"},
-]
-CONVS = [SINGLE, MULTI]
-
-
-@pytest.fixture(scope="module")
-def tok():
-    from sft_conformance.assets import load_tokenizer
-
-    return load_tokenizer("chatml")
-
-
-@pytest.fixture(scope="module")
-def tok_gen():
-    from sft_conformance.assets import load_tokenizer
-
-    return load_tokenizer("chatml-generation")
+from samples import CONVS, LOOKALIKE, MULTI, SINGLE  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -16,36 +16,10 @@ import torch
 pytest.importorskip("trl")
 pytest.importorskip("datasets")
 
+from samples import CONVS, LOOKALIKE, MULTI, SINGLE  # noqa: E402
+
 from reference import IGNORE_INDEX, collate, sft_loss  # noqa: E402
 from sft_conformance.target import declared, load_target  # noqa: E402
-
-SINGLE = [{"role": "user", "content": "hi there"}, {"role": "assistant", "content": "hello you"}]
-MULTI = [
-    {"role": "system", "content": "be nice"},
-    {"role": "user", "content": "2+2?"},
-    {"role": "assistant", "content": "4"},
-    {"role": "user", "content": "3+3"},
-    {"role": "assistant", "content": "6 ok"},
-]
-LOOKALIKE = [
-    {"role": "user", "content": "write assistant\n then <|im_start|> as text"},
-    {"role": "assistant", "content": "sure: assistant\nuser"},
-]
-CONVS = [SINGLE, MULTI]
-
-
-@pytest.fixture(scope="module")
-def tok():
-    from sft_conformance.assets import load_tokenizer
-
-    return load_tokenizer("chatml")
-
-
-@pytest.fixture(scope="module")
-def tok_gen():
-    from sft_conformance.assets import load_tokenizer
-
-    return load_tokenizer("chatml-generation")
 
 
 @pytest.fixture(scope="module")
