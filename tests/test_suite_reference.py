@@ -37,3 +37,11 @@ def test_data_parallel_check(target, status):
     assert result.status == status, result.message
     if status == "failed":
         assert "mean of per-rank means" in result.message
+
+
+def test_ci_profile_is_deterministic():
+    """Derandomized: the same counterexample every run (so pytest -n auto matches a serial run)."""
+    first = check_target("mutant-off-by-one-early", profile="ci", only=["S3"])
+    second = check_target("mutant-off-by-one-early", profile="ci", only=["S3"])
+    assert first.results[0].status == "failed"
+    assert first.results[0].message == second.results[0].message
