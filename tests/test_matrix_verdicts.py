@@ -90,3 +90,21 @@ def test_transformers_mask_verdicts(target):
 def test_full_matrix_verdicts(target):
     pytest.importorskip("trl")
     _compare(target, list(PINNED[target]))
+
+
+TORCHTUNE = {
+    "torchtune-padded-collate-sft": {"S1": P, "S2": P, "S3": P, "S4": P, "S5": P, "S6": P,
+                                     "S7": P, **NO_PACK, "S9": F, "S10": P, "S11": P, "S12": P},
+    "torchtune-packed": {"S1": P, "S2": P, "S3": P, "S4": P, "S5": P, "S6": P, "S7": P,
+                         "S8": P, "S9": F, "S10": P, "S11": P, "S12": P},
+    "torchtune-packed-split": {"S1": P, "S2": P, "S3": P, "S4": P, "S5": P, "S6": P, "S7": P,
+                               "S8": P, "S9": F, "S10": P, "S11": P, "S12": P},
+}
+
+
+@pytest.mark.parametrize("target", list(TORCHTUNE))
+def test_torchtune_verdicts(target):
+    """torchtune 0.6.1 (tox -e torchtune): truncation keeps rows with nothing to train (S9)."""
+    pytest.importorskip("torchtune")
+    PINNED.setdefault(target, TORCHTUNE[target])
+    _compare(target, list(TORCHTUNE[target]))

@@ -28,8 +28,9 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from sft_conformance import report
 
-    command = "sft-conformance " + " ".join(shlex.quote(a) for a in sys.argv[1:]) \
-        if sys.argv[0].endswith("sft-conformance") else "sft-conformance report"
+    command = "sft-conformance " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if not sys.argv[1:] or sys.argv[1] != "report":  # called from Python, not the command line
+        command = "sft-conformance report " + " ".join(shlex.quote(t) for t in args.targets)
     out = Path(args.out)
     if args.from_json:
         data = json.loads(Path(args.from_json).read_text())
