@@ -201,6 +201,20 @@ def _compare_labels(ctx, convs, tok, batch, relevant, *, what, spec, pad_equals_
                          pad_equals_eos=pad_equals_eos, row=seg.row)
 
 
+def _label_property(ctx, relevant, *, what: str, spec: str):
+    """A property over a batch of conversations: the labels agree with the reference wherever
+    ``relevant`` says the difference is this check's business."""
+    tok = ctx.tokenizer()
+
+    def prop(convs):
+        if not _fits(ctx, convs, tok):
+            return
+        _compare_labels(ctx, convs, tok, ctx.collate(convs, tok), relevant, what=what,
+                        spec=spec)
+
+    return prop
+
+
 def _end_tokens(ex) -> set[int]:
     return {s.end_token for s in ex.turns if s.end_token is not None} | (
         {s.stop - 1 for s in ex.turns})
@@ -281,19 +295,13 @@ def _bpe(ctx) -> bool:
 @_check("S2")
 def check_first_response_token_trained(ctx: Context) -> None:
     """Every token of every assistant turn is trained, the first one included (S2)."""
-    tok = ctx.tokenizer()
-
-    def prop(convs):
-        if not _fits(ctx, convs, tok):
-            return
-        batch = ctx.collate(convs, tok)
-        _compare_labels(
-            ctx, convs, tok, batch,
-            # a token absent from the target's ids (re-tokenized) is S1's finding, not S2's
-            lambda t, got, want, ex: (want != IGNORE_INDEX and got is not None
-                                      and t not in _end_tokens(ex)),
-            what="S2: an assistant token is not trained (or is trained with the wrong label)",
-            spec="every token of the assistant's content is a target, the first included")
+    prop = _label_property(
+        ctx,
+        # a token absent from the target's ids (re-tokenized) is S1's finding, not S2's
+        lambda t, got, want, ex: (want != IGNORE_INDEX and got is not None
+                                  and t not in _end_tokens(ex)),
+        what="S2: an assistant token is not trained (or is trained with the wrong label)",
+        spec="every token of the assistant's content is a target, the first included")
 
     pinned = [[[{"role": "user", "content": "hi"},
                 {"role": "assistant", "content": "the answer"}]],
@@ -309,17 +317,10 @@ def check_first_response_token_trained(ctx: Context) -> None:
 @_check("S3")
 def check_no_prompt_or_glue_trained(ctx: Context) -> None:
     """No token outside assistant turns is trained: system, user, headers, glue (S3)."""
-    tok = ctx.tokenizer()
-
-    def prop(convs):
-        if not _fits(ctx, convs, tok):
-            return
-        batch = ctx.collate(convs, tok)
-        _compare_labels(
-            ctx, convs, tok, batch,
-            lambda t, got, want, ex: want == IGNORE_INDEX,
-            what="S3: a token outside the assistant's turns is trained",
-            spec="system, user, role headers and template glue are never targets")
+    prop = _label_property(
+        ctx, lambda t, got, want, ex: want == IGNORE_INDEX,
+        what="S3: a token outside the assistant's turns is trained",
+        spec="system, user, role headers and template glue are never targets")
 
     pinned = [[[{"role": "user", "content": "hi"},
                 {"role": "assistant", "content": "the answer"}]]]
