@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reference.collate import truncate
-from reference.masks import Example, build_example
+from sft_conformance.reference.collate import truncate
+from sft_conformance.reference.masks import Example, build_example
 
 WORDS = (
     "the of and to in is that for it as with was on be by this are from or have an not which but "

@@ -129,7 +129,7 @@ def choose_attention(device: str) -> dict:
 
 def forward_fn(backend: str):
     """How a batch is fed to the model for a given attention backend; returns a callable."""
-    from reference.accumulation import forward as reference_forward
+    from sft_conformance.reference.accumulation import forward as reference_forward
 
     if backend == "sdpa+block_causal_4d":
         return reference_forward  # explicit block-diagonal causal mask from document_ids

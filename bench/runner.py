@@ -14,8 +14,7 @@ import sys
 import time
 
 import torch
-
-from reference.loss import per_token_nll, sft_loss
+from sft_conformance.reference.loss import per_token_nll, sft_loss
 
 from . import metrics
 from .data import PROFILES, BenchData, generate_conversations, length_stats, load_jsonl, tokenize
@@ -337,7 +336,7 @@ def _fill_lengths(cfg: BenchConfig, data: BenchData, cap: int) -> list[int]:
 
 
 def _packing_section(cfg: BenchConfig, data: BenchData) -> dict:
-    from reference.packing import best_fit_decreasing
+    from sft_conformance.reference.packing import best_fit_decreasing
 
     def fill(lengths, cap):
         bins = best_fit_decreasing(lengths, cap)

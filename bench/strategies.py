@@ -27,11 +27,10 @@ import random
 from collections.abc import Sequence
 
 import torch
-
-from reference.collate import labels_for, pad_examples
-from reference.loss import IGNORE_INDEX, count_trained
-from reference.masks import Example
-from reference.packing import best_fit_decreasing
+from sft_conformance.reference.collate import labels_for, pad_examples
+from sft_conformance.reference.loss import IGNORE_INDEX, count_trained
+from sft_conformance.reference.masks import Example
+from sft_conformance.reference.packing import best_fit_decreasing
 
 STRATEGIES = ("fixed", "dynamic", "bucketed", "padding_free", "packed")
 FLATTENED = ("padding_free", "packed")

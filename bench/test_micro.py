@@ -21,10 +21,9 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-
-from reference.collate import pad_examples
-from reference.loss import sft_loss
-from reference.packing import best_fit_decreasing
+from sft_conformance.reference.collate import pad_examples
+from sft_conformance.reference.loss import sft_loss
+from sft_conformance.reference.packing import best_fit_decreasing
 
 from .data import PROFILES, generate_conversations, tokenize
 from .micro import chunked_loss, token_dicts, trl_length_dataset, trl_pack

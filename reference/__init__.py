@@ -1,11 +1,12 @@
-"""The reference SFT implementation: the specification (DESIGN.md S1-S12) in code.
+"""The reference SFT implementation, installed as ``sft_conformance.reference``: the
+specification (docs/specification.md, S1-S12) in code.
 
-* :mod:`reference.loss`: masked, shifted cross-entropy, token mean over the batch (S6).
-* :mod:`reference.oracle`: the same loss in plain Python, the mean of a filtered list.
-* :mod:`reference.masks`: input ids and trained positions from a chat template (S1-S4, S10, S11).
-* :mod:`reference.collate`: labels, truncation (S9), right/left padding (S5).
-* :mod:`reference.packing`: best-fit-decreasing packing, document isolation (S8).
-* :mod:`reference.accumulation`: gradient accumulation with the step denominator (S7).
+* :mod:`.loss`: masked, shifted cross-entropy, token mean over the batch (S6).
+* :mod:`.oracle`: the same loss in plain Python, the mean of a filtered list.
+* :mod:`.masks`: input ids and trained positions from a chat template (S1-S4, S10, S11).
+* :mod:`.collate`: labels, truncation (S9), right/left padding (S5).
+* :mod:`.packing`: best-fit-decreasing packing, document isolation (S8).
+* :mod:`.accumulation`: gradient accumulation with the step denominator (S7).
 """
 
 from .accumulation import accumulate_gradients, forward, step_denominator

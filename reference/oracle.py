@@ -1,7 +1,7 @@
 """The plain-Python oracle: the SFT loss as the mean of a filtered list, with ``math`` only.
 
 Seed 002: "the SFT loss is a mean of a filtered list". This is that list, written so that anyone
-can check it by hand; the tensor loss in :mod:`reference.loss` must equal it (float64, 1e-6).
+can check it by hand; the tensor loss in :mod:`.loss` must equal it (float64, 1e-6).
 """
 
 from __future__ import annotations

@@ -20,9 +20,15 @@ import hypothesis.strategies as st
 import torch
 from hypothesis import HealthCheck, Phase, Verbosity, example, given, settings
 
-from reference import build_example, count_trained, labels_for, oracle_loss, sft_loss
-from reference import collate as reference_collate
-from reference import forward as reference_forward
+from sft_conformance.reference import (
+    build_example,
+    count_trained,
+    labels_for,
+    oracle_loss,
+    sft_loss,
+)
+from sft_conformance.reference import collate as reference_collate
+from sft_conformance.reference import forward as reference_forward
 
 from .alignment import (
     IGNORE_INDEX,
@@ -722,7 +728,7 @@ def _check_all_masked_loss(ctx, tok):
 @_check("S10", "multi_turn")
 def check_multi_turn_policy(ctx: Context) -> None:
     """Every assistant turn is trained (or only the last, if declared), no other message (S10)."""
-    from reference.masks import content_tokens
+    from sft_conformance.reference.masks import content_tokens
 
     tok = ctx.tokenizer()
     policy = ctx.decl.turn_policy

@@ -57,7 +57,7 @@ def _worker(rank, world_size, init_file, out_dir, spec, tokenizer_name, backend)
         device = torch.device(f"cuda:{rank}") if backend == "nccl" else torch.device("cpu")
         model = tiny_model(tok).to(device).train()
         batches = [target.collate(c, tok, 512) for c in _rank_batches(world_size)]
-        from reference import count_trained
+        from sft_conformance.reference import count_trained
 
         shifted = bool(getattr(target, "labels_shifted", False))
         global_count = sum(count_trained(b["labels"], labels_shifted=shifted) for b in batches)
@@ -79,7 +79,7 @@ def _worker(rank, world_size, init_file, out_dir, spec, tokenizer_name, backend)
 
 def full_batch_gradient(spec: str, tokenizer_name: str, world_size: int):
     """The single-process reference: the gradient of the whole batch's token mean."""
-    from reference import count_trained, sft_loss
+    from sft_conformance.reference import count_trained, sft_loss
 
     from .assets import load_tokenizer, tiny_model
     from .target import load_target

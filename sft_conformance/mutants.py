@@ -10,7 +10,13 @@ from __future__ import annotations
 
 import torch
 
-from reference import IGNORE_INDEX, build_example, labels_for, pad_examples, sft_loss
+from sft_conformance.reference import (
+    IGNORE_INDEX,
+    build_example,
+    labels_for,
+    pad_examples,
+    sft_loss,
+)
 
 from .targets.reference import ReferencePackedTarget, ReferenceTarget
 
@@ -123,7 +129,7 @@ class LeftPaddingWithoutPositions(ReferenceTarget):
     name = "mutant-left-padding-without-position-ids"
 
     def collate(self, conversations, tokenizer, max_length):
-        from reference import Collator
+        from sft_conformance.reference import Collator
 
         batch = Collator(padding_side="left").__call__(conversations, tokenizer, max_length)
         batch["position_ids"] = torch.arange(batch["input_ids"].shape[1]).expand_as(
@@ -235,7 +241,7 @@ class PromptTokenizedSeparately(ReferenceTarget):
     turn_policy = "last"
 
     def collate(self, conversations, tokenizer, max_length):
-        from reference.masks import render
+        from sft_conformance.reference.masks import render
 
         examples = []
         for conv in conversations:
@@ -252,7 +258,7 @@ class PromptTokenizedSeparately(ReferenceTarget):
 
 
 def _header(tokenizer) -> str:
-    from reference.masks import render
+    from sft_conformance.reference.masks import render
 
     probe = [{"role": "user", "content": "x"}]
     return render(tokenizer, probe, add_generation_prompt=True)[len(render(tokenizer, probe)):]
@@ -265,7 +271,7 @@ class _TextSpanMutant(ReferenceTarget):
         raise NotImplementedError
 
     def collate(self, conversations, tokenizer, max_length):
-        from reference.masks import Example, render
+        from sft_conformance.reference.masks import Example, render
 
         header, eos = _header(tokenizer), tokenizer.eos_token
         examples = []

@@ -29,7 +29,7 @@ class SnapshotError(ValueError):
 def load_corpus(path: str | Path | None = None) -> list[dict]:
     """Conversations of a JSONL file: one per line, ``{"messages": [...]}`` (optionally with a
     ``name``) or a bare list of messages. A malformed line is an error naming the line."""
-    from reference import validate_conversation
+    from sft_conformance.reference import validate_conversation
 
     path = Path(path) if path else BUNDLED_CORPUS
     if not path.exists():
@@ -71,7 +71,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
 def take_snapshot(target, *, tokenizer: str | None = None, corpus: str | Path | None = None,
                   max_length: int = 512) -> dict:
     """Collate every corpus conversation alone and record its ids and canonical labels."""
-    from reference import build_example
+    from sft_conformance.reference import build_example
 
     from .assets import load_tokenizer
     from .context import validate_batch

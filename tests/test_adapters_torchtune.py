@@ -64,8 +64,7 @@ def tok_gen():
 @pytest.mark.skipif(not HAVE_TORCHTUNE, reason=f"torchtune not installed: {HINT}")
 def test_padded_collate_sft_equals_reference_shifted(tok_gen):
     import torch
-
-    from reference import collate
+    from sft_conformance.reference import collate
 
     convs = [SINGLE, MULTI]
     batch = load_target("torchtune-padded-collate-sft").collate(convs, tok_gen, 64)
@@ -77,7 +76,7 @@ def test_padded_collate_sft_equals_reference_shifted(tok_gen):
 
 @pytest.mark.skipif(not HAVE_TORCHTUNE, reason=f"torchtune not installed: {HINT}")
 def test_packed_positions_restart_per_sample(tok_gen):
-    from reference import collate
+    from sft_conformance.reference import collate
 
     convs = [SINGLE, MULTI]
     ref = collate(convs, tok_gen, 64)
@@ -90,8 +89,8 @@ def test_packed_positions_restart_per_sample(tok_gen):
 @pytest.mark.skipif(not HAVE_TORCHTUNE, reason=f"torchtune not installed: {HINT}")
 def test_recipe_loss_is_the_token_mean(tok_gen):
     import torch
+    from sft_conformance.reference import sft_loss
 
-    from reference import sft_loss
     from sft_conformance.assets import tiny_model
 
     target = load_target("torchtune-padded-collate-sft")

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from reference import (
+from sft_conformance.reference import (
     ConversationError,
     NoTrainedPositionError,
     OverlongError,
@@ -12,7 +11,7 @@ from reference import (
     build_example,
     collate,
 )
-from reference.collate import DroppedExampleWarning
+from sft_conformance.reference.collate import DroppedExampleWarning
 
 OK = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
 

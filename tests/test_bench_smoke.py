@@ -148,8 +148,7 @@ def test_flatten_rows_matches_reference_packing(chatml):
     import torch
     from sft_conformance.bench.data import PROFILES, generate_conversations, tokenize
     from sft_conformance.bench.strategies import flatten_rows
-
-    from reference.packing import pack_examples
+    from sft_conformance.reference.packing import pack_examples
 
     examples = tokenize(generate_conversations(PROFILES["alpaca"], 12, chatml, seed=1), chatml,
                         256).examples

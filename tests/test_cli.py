@@ -8,7 +8,7 @@ import textwrap
 from sft_conformance.cli import main
 
 ADAPTER = textwrap.dedent('''
-    from reference import Collator, sft_loss
+    from sft_conformance.reference import Collator, sft_loss
 
 
     class MyTarget:

@@ -8,8 +8,8 @@ import shutil
 
 import pytest
 import torch
+from sft_conformance.reference import IGNORE_INDEX, build_example, per_token_nll
 
-from reference import IGNORE_INDEX, build_example, per_token_nll
 from sft_conformance.assets import load_tokenizer, tiny_model
 from sft_conformance.cli import main
 from sft_conformance.evaluation import lmeval

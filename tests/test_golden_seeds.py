@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
+from sft_conformance.reference import IGNORE_INDEX, build_example, labels_for, oracle_loss, sft_loss
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from reference import IGNORE_INDEX, build_example, labels_for, oracle_loss, sft_loss
 from sft_conformance.assets import SEED000, load_tokenizer
 
 

@@ -6,8 +6,7 @@ import pytest
 import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
-
-from reference import (
+from sft_conformance.reference import (
     block_causal_mask,
     build_example,
     collate,
@@ -19,6 +18,7 @@ from reference import (
     sft_loss,
     step_denominator,
 )
+
 from sft_conformance.strategies import CHAR_ALPHABET, conversations, logits_and_labels
 
 # -- S6: the tensor loss equals the plain-Python filtered mean -----------------------------------
@@ -185,7 +185,8 @@ def test_block_causal_mask_isolates_documents():
 
 @given(data=st.data(), shifted=st.booleans())
 def test_accumulation_matches_full_batch_gradient(chatml, data, shifted):
-    from reference import accumulate_gradients
+    from sft_conformance.reference import accumulate_gradients
+
     from sft_conformance.assets import tiny_model
 
     convs = data.draw(st.lists(conversations(max_turns=2), min_size=2, max_size=4),

@@ -5,7 +5,7 @@ Replace the bodies with calls into your trainer. Run:
     sft-conformance check examples/ci/my_adapter.py:MyTarget
 """
 
-from reference import Collator, sft_loss
+from sft_conformance.reference import Collator, sft_loss
 
 
 class MyTarget:

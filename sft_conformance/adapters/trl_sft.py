@@ -117,7 +117,7 @@ class _TRLTarget:
                 trainer = self.trainer(conversations, tokenizer, max_length, out)
                 batch = next(iter(trainer.get_train_dataloader()), None)
             if batch is None:
-                from reference import NoTrainedPositionError
+                from sft_conformance.reference import NoTrainedPositionError
 
                 raise NoTrainedPositionError(
                     f"SFTTrainer's dataset preparation kept none of the {len(conversations)} "

@@ -11,8 +11,8 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import torch
 
-    from reference import collate, forward, sft_loss
     from sft_conformance.assets import load_tokenizer, tiny_model
+    from sft_conformance.reference import collate, forward, sft_loss
     from sft_conformance.tables import token_table
 
     tok = load_tokenizer(args.tokenizer)

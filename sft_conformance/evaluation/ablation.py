@@ -85,8 +85,8 @@ def run(p: Preset, progress: Callable[[str], None] = print) -> dict:
             runs.append(entry)
             del r
     summary = report.summarize(runs, list(cfg.tasks), p.budget)
-    from reference import build_example
     from sft_conformance.assets import load_tokenizer
+    from sft_conformance.reference import build_example
 
     from .tasks import conversation
     examples = []

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from reference import build_example, prompt_ids
 from sft_conformance.assets import load_tokenizer, tiny_model
+from sft_conformance.reference import build_example, prompt_ids
 
 from . import tasks as toy
 from .variants import Variant

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from reference import IGNORE_INDEX, Example, pad_examples, per_token_nll, sft_loss
+from sft_conformance.reference import IGNORE_INDEX, Example, pad_examples, per_token_nll, sft_loss
 
 
 def trained_as_is(ex: Example) -> list[bool]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from reference import Collator, forward, pack_examples, sft_loss
+from sft_conformance.reference import Collator, forward, pack_examples, sft_loss
 
 
 class ReferenceTarget:

@@ -68,7 +68,7 @@ class Seed003Pipeline:
     overlong = "truncate"
 
     def collate(self, conversations, tokenizer, max_length):
-        from reference.masks import render
+        from sft_conformance.reference.masks import render
 
         items = []
         for conv in conversations:
