@@ -14,10 +14,11 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
 from sft_conformance.reference.collate import labels_for
 from sft_conformance.reference.loss import IGNORE_INDEX
 from sft_conformance.reference.packing import best_fit_decreasing
-from torch.utils.checkpoint import checkpoint
 
 
 def token_dicts(examples) -> list[dict]:

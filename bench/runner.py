@@ -14,6 +14,7 @@ import sys
 import time
 
 import torch
+
 from sft_conformance.reference.loss import per_token_nll, sft_loss
 
 from . import metrics

@@ -27,6 +27,7 @@ import random
 from collections.abc import Sequence
 
 import torch
+
 from sft_conformance.reference.collate import labels_for, pad_examples
 from sft_conformance.reference.loss import IGNORE_INDEX, count_trained
 from sft_conformance.reference.masks import Example

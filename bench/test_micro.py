@@ -21,6 +21,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+
 from sft_conformance.reference.collate import pad_examples
 from sft_conformance.reference.loss import sft_loss
 from sft_conformance.reference.packing import best_fit_decreasing

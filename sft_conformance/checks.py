@@ -30,6 +30,7 @@ from sft_conformance.reference import (
 from sft_conformance.reference import collate as reference_collate
 from sft_conformance.reference import forward as reference_forward
 
+from . import profiles
 from .alignment import (
     IGNORE_INDEX,
     canonical_labels,
@@ -112,7 +113,7 @@ def _batch(ctx, *, min_size=1, max_size=3, **kwargs):
 
 def run_property(ctx: Context, strategy, prop, *, pinned=(), budget: float = 1.0) -> None:
     """Run ``prop`` on draws of ``strategy`` under the context's Hypothesis profile."""
-    base = settings.get_profile(ctx.profile)
+    base = profiles.profile(ctx.profile)
     max_examples = max(3, int(base.max_examples * budget))
 
     def test(inputs):

@@ -4,7 +4,9 @@ Each subcommand lives in ``sft_conformance/commands/<name>.py`` with ``add_argum
 and ``run(args) -> int``; modules are imported only when their command runs, so ``targets`` does
 not pay for lm-eval and ``check`` does not pay for matplotlib.
 
-Exit codes: 0 success, 1 a check (or gate) failed, 2 a usage or configuration error.
+Exit codes, the same for every command: 0 success, 1 a finding (a check, gate or diff failed),
+2 a usage or configuration error (one line naming the bad input), 3 an internal error of
+sft-conformance itself (its traceback, innermost frames first to read, is printed).
 """
 
 from __future__ import annotations
@@ -14,8 +16,7 @@ import importlib
 import os
 import sys
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+from .errors import ConfigurationError
 
 COMMANDS = {
     "targets": "list built-in targets",
@@ -30,8 +31,8 @@ COMMANDS = {
 }
 
 
-class UsageError(Exception):
-    """A usage or configuration error: exit code 2."""
+#: the one error type mapped to exit code 2 (kept under its old name for the commands)
+UsageError = ConfigurationError
 
 
 def _module(name: str):
@@ -57,16 +58,31 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # our own process: nothing downloads unless the user said otherwise
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     parser = build_parser(argv)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: 0 for --help, 2 for a usage error
+        return int(exc.code or 0)
     if not args.command:
         parser.print_help()
         return 2
     try:
         return int(_module(args.command).run(args) or 0)
-    except UsageError as exc:
+    except ConfigurationError as exc:
         print(f"sft-conformance {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a crash of ours: show where it failed
+        from .runner import innermost_traceback
+
+        print(f"sft-conformance {args.command}: internal error (please report it): "
+              f"{type(exc).__name__}: {exc}\n{innermost_traceback(exc, frames=12)}",
+              file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

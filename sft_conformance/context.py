@@ -37,6 +37,7 @@ class Context:
     seed: int = 0
     shrink: bool = True
     distributed: bool = False
+    strict: bool = False
     last_inputs: dict = field(default_factory=dict)
     _tokenizers: dict = field(default_factory=dict)
     _model: object = None

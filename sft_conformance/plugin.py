@@ -1,7 +1,10 @@
 """pytest plugin, registered through the ``pytest11`` entry point.
 
 * ``pytest --sft-target TARGET [--sft-target ...] [--sft-tokenizer NAME] [--sft-profile ci]``
-  adds one test item per check and target to the session (no test file needed).
+  adds one test item per check and target to the session (no test file needed). The items are
+  collected like any others: ``--collect-only`` lists them, ``-k "S4-"`` selects one check, and
+  a node id printed by pytest (``"sft-conformance[reference]::S4-end_of_turn_trained"``) can be
+  passed back on the command line to re-run that check alone.
 * :func:`parametrize_checks` is the parametrizer for a user's own test file::
 
       from sft_conformance import parametrize_checks
@@ -9,16 +12,36 @@
       @parametrize_checks("my_pkg.sft:MyTarget", expected_failures={"S9": "we raise on long"})
       def test_sft_conformance(sft_check):
           sft_check()
+
+A quiet plugin: without ``--sft-*`` options, the fixtures or :func:`parametrize_checks`, it
+changes nothing in the user's session: no environment variables, no Hypothesis profile loaded,
+no items. Our Hypothesis profiles are namespaced (``sft-conformance-ci``, ...) and passed to our
+properties explicitly. ``HF_HUB_OFFLINE``/``HF_DATASETS_OFFLINE`` are set only around the suite's
+own calls, and only when the user has not set them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+import pytest
 
-import pytest  # noqa: E402
+NODE_PREFIX = "sft-conformance["
+_OFFLINE = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+
+
+@contextlib.contextmanager
+def offline():
+    """Hub and datasets offline for the suite's own calls, unless the user set the variables."""
+    added = [k for k in _OFFLINE if k not in os.environ]
+    for k in added:
+        os.environ[k] = "1"
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
 
 
 def pytest_addoption(parser):
@@ -30,36 +53,59 @@ def pytest_addoption(parser):
                     help="bundled template name or local tokenizer directory (default: the "
                          "target's declared tokenizer)")
     group.addoption("--sft-profile", default=None, choices=("ci", "dev", "thorough"),
-                    help="hypothesis profile of the checks (default: ci when CI is set, else dev)")
+                    help="hypothesis profile of the checks, passed to them explicitly "
+                         "(default: ci when CI is set, else dev)")
     group.addoption("--sft-check", action="append", default=[], metavar="ID",
                     help="run only these checks (S1..S12 or a check name); repeatable")
+    group.addoption("--sft-max-length", type=int, default=None, metavar="N",
+                    help="max_length passed to the target's collate (default 512)")
+    group.addoption("--sft-strict", action="store_true", default=False,
+                    help="fail a declared known failure that no longer fails")
     group.addoption("--sft-update-snapshots", action="store_true", default=False,
                     help="rewrite the mask snapshots compared by the sft_snapshot fixture")
 
 
 def pytest_configure(config):
-    from . import profiles
-
-    profiles.register_profiles()
     config.addinivalue_line("markers", "sft_check(id): a conformance check of sft-conformance")
+    if not config.getoption("--sft-target"):
+        return
+    # node ids of our items given on the command line select them; they are no paths
+    ours = [a for a in config.args if a.startswith(NODE_PREFIX)]
+    if ours:
+        config.args[:] = [a for a in config.args if not a.startswith(NODE_PREFIX)]
+    config._sft_selected = ours  # noqa: SLF001
 
 
 def pytest_report_header(config):
     targets = config.getoption("--sft-target")
     if not targets:
         return None
-    from . import profiles
+    from .profiles import default_profile
     from .runner import library_versions
 
     versions = ", ".join(f"{k} {v}" for k, v in library_versions().items())
     return [f"sft-conformance targets: {', '.join(targets)}",
             f"sft-conformance tokenizer: {config.getoption('--sft-tokenizer') or 'declared'}; "
-            f"profile: {config.getoption('--sft-profile') or profiles.default_profile()}",
+            f"profile: sft-conformance-{config.getoption('--sft-profile') or default_profile()}"
+            f"{'; strict' if config.getoption('--sft-strict') else ''}",
             f"sft-conformance versions: {versions}"]
 
 
 class ConformanceFailure(Exception):
     """Raised by a check item; its message is the check's readable failure."""
+
+
+class TargetCollector(pytest.Collector):
+    """The checks of one ``--sft-target``: one :class:`CheckItem` per check."""
+
+    def __init__(self, *, spec, pairs, **kwargs):
+        super().__init__(**kwargs)
+        self.spec, self.pairs = spec, pairs
+
+    def collect(self):
+        for ctx, check in self.pairs:
+            yield CheckItem.from_parent(self, name=f"{check.id}-{check.name}", ctx=ctx,
+                                        check=check)
 
 
 class CheckItem(pytest.Item):
@@ -70,15 +116,23 @@ class CheckItem(pytest.Item):
 
     def runtest(self):
         __tracebackhide__ = True
-        _raise_for(self.ctx, self.check)
+        with offline():
+            _raise_for(self.ctx, self.check)
 
     def repr_failure(self, excinfo):
         if isinstance(excinfo.value, ConformanceFailure):
-            return str(excinfo.value)
+            return (f"{excinfo.value}\n\nRe-run this check alone:\n  pytest --sft-target "
+                    f"{self.parent.spec} {_quote(self.nodeid)}")
         return super().repr_failure(excinfo)
 
     def reportinfo(self):
         return self.path, None, f"{self.ctx.decl.name}::{self.check.id} {self.check.name}"
+
+
+def _quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
 
 
 def _raise_for(ctx, check):
@@ -95,24 +149,43 @@ def _raise_for(ctx, check):
         raise ConformanceFailure(f"[{check.id} {check.name}] {check.doc}\n\n{result.message}")
 
 
-def pytest_collection_modifyitems(session, config, items):
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+    report = yield
+    if not isinstance(collector, pytest.Session):
+        return report
+    config = collector.config
     targets = config.getoption("--sft-target")
-    if not targets:
-        return
+    if not targets or report.outcome != "passed":
+        return report
+    from .errors import ConfigurationError
     from .runner import iter_checks
-    from .target import TargetError, load_target
+    from .target import load_target
 
-    only = config.getoption("--sft-check") or None
+    selected = getattr(config, "_sft_selected", [])
     for spec in targets:
         try:
-            obj = load_target(spec)
-            pairs = list(iter_checks(obj, spec=spec, tokenizer=config.getoption("--sft-tokenizer"),
-                                     profile=config.getoption("--sft-profile"), only=only))
-        except TargetError as exc:
-            raise pytest.UsageError(f"--sft-target {spec}: {exc}") from exc
-        for ctx, check in pairs:
-            items.append(CheckItem.from_parent(session, name=f"sft[{spec}::{check.id}]",
-                                               ctx=ctx, check=check))
+            with offline():
+                pairs = list(iter_checks(
+                    load_target(spec), spec=spec, tokenizer=config.getoption("--sft-tokenizer"),
+                    profile=config.getoption("--sft-profile"),
+                    only=config.getoption("--sft-check") or None,
+                    strict=config.getoption("--sft-strict"),
+                    max_length=config.getoption("--sft-max-length")))
+        except ConfigurationError as exc:
+            raise pytest.UsageError(f"--sft-target {spec}: {exc}") from None
+        node = TargetCollector.from_parent(collector, name=f"{NODE_PREFIX}{spec}]", spec=spec,
+                                           pairs=pairs)
+        if selected:
+            wanted = {s for s in selected if s == node.nodeid or s.startswith(node.nodeid + "::")}
+            if not wanted:
+                continue
+            if node.nodeid not in wanted:
+                names = {s.split("::", 1)[1] for s in wanted}
+                node.pairs = [(c, k) for c, k in pairs if f"{k.id}-{k.name}" in names
+                              or k.id in names]
+        report.result.append(node)
+    return report
 
 
 class SnapshotFixture:
@@ -129,8 +202,9 @@ class SnapshotFixture:
         from . import snapshots
 
         path = Path(path)
-        new = snapshots.take_snapshot(target, tokenizer=tokenizer, corpus=corpus,
-                                      max_length=max_length)
+        with offline():
+            new = snapshots.take_snapshot(target, tokenizer=tokenizer, corpus=corpus,
+                                          max_length=max_length)
         if self.update or not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             snapshots.save(new, path)
@@ -156,23 +230,37 @@ def sft_snapshot(request):
 
 
 def parametrize_checks(target, *, expected_failures: dict | None = None,
-                       tokenizer: str | None = None, profile: str | None = None):
+                       tokenizer: str | None = None, profile: str | None = None,
+                       strict: bool = False, max_length: int | None = None):
     """A ``pytest.mark.parametrize`` over every check of ``target``; the test receives
     ``sft_check``, a callable that runs the check. ``expected_failures`` ({check id: reason})
-    marks checks xfail with the reason, as data."""
+    marks checks xfail with the reason, as data; ``strict=True`` fails an expected or declared
+    known failure that passes (a stale declaration)."""
+    from .errors import ConfigurationError
     from .runner import iter_checks
     from .target import load_target
 
-    obj = load_target(target)
+    try:
+        with offline():
+            obj = load_target(target)
+            pairs = list(iter_checks(obj, spec=target if isinstance(target, str) else "",
+                                     tokenizer=tokenizer, profile=profile, strict=strict,
+                                     max_length=max_length))
+    except ConfigurationError as exc:
+        raise pytest.UsageError(f"parametrize_checks({target!r}): {exc}") from None
     expected_failures = dict(expected_failures or {})
+    unknown = set(expected_failures) - {check.id for _, check in pairs}
+    if unknown:
+        raise pytest.UsageError(f"parametrize_checks({target!r}): expected_failures names "
+                                f"unknown check(s) {sorted(unknown)}")
     params = []
-    for ctx, check in iter_checks(obj, spec=target if isinstance(target, str) else "",
-                                  tokenizer=tokenizer, profile=profile):
+    for ctx, check in pairs:
         def run(ctx=ctx, check=check):
             __tracebackhide__ = True
-            _raise_for(ctx, check)
+            with offline():
+                _raise_for(ctx, check)
 
-        marks = ([pytest.mark.xfail(reason=expected_failures[check.id], strict=False)]
+        marks = ([pytest.mark.xfail(reason=expected_failures[check.id], strict=strict)]
                  if check.id in expected_failures else [])
         params.append(pytest.param(run, id=f"{ctx.decl.name}-{check.id}-{check.name}",
                                    marks=marks))

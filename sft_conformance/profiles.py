@@ -1,8 +1,11 @@
-"""Hypothesis profiles of the suite: ``ci`` (derandomized, bounded), ``dev`` and ``thorough``.
+"""Hypothesis profiles of the suite, under our own names: ``sft-conformance-ci`` (derandomized,
+bounded), ``sft-conformance-dev`` and ``sft-conformance-thorough``.
 
-Hypothesis loads its own ``ci`` profile whenever ``CI`` is set; we register ours under the same
-name with an explicit parent, so ``CI=true`` runs our bounded, derandomized settings. Choose one
-with ``--hypothesis-profile``/``--profile`` or ``SFT_CONFORMANCE_PROFILE``.
+They are registered when a check first needs them and are always passed to our properties
+explicitly (``settings(parent=profile(name))``); nothing here loads a profile globally, so a
+user's own Hypothesis tests keep their settings (also Hypothesis' own ``ci`` profile, which it
+loads whenever ``CI`` is set). Choose one with ``--profile``/``--sft-profile`` or
+``SFT_CONFORMANCE_PROFILE``; the short names ``ci``, ``dev`` and ``thorough`` are accepted.
 """
 
 from __future__ import annotations
@@ -11,34 +14,48 @@ import os
 
 from hypothesis import HealthCheck, Phase, settings
 
+from .errors import ConfigurationError
+
 PROFILES = ("ci", "dev", "thorough")
+PREFIX = "sft-conformance-"
 _SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
+_registered = False
 
 
-def register_profiles() -> None:
+def _register() -> None:
+    global _registered
+    if _registered:
+        return
+    # the parent is Hypothesis' built-in default, never the profile the user has loaded
     base = settings.get_profile("default")
     settings.register_profile(
-        "ci", parent=base, derandomize=True, database=None, deadline=None, max_examples=25,
-        print_blob=True, suppress_health_check=_SLOW_OK,
+        PREFIX + "ci", parent=base, derandomize=True, database=None, deadline=None,
+        max_examples=25, print_blob=True, suppress_health_check=_SLOW_OK,
         phases=(Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink),
     )
-    settings.register_profile("dev", parent=base, deadline=None, max_examples=50,
+    settings.register_profile(PREFIX + "dev", parent=base, deadline=None, max_examples=50,
                               suppress_health_check=_SLOW_OK)
-    settings.register_profile("thorough", parent=base, deadline=None, max_examples=500,
-                              suppress_health_check=_SLOW_OK)
+    settings.register_profile(PREFIX + "thorough", parent=base, deadline=None,
+                              max_examples=500, suppress_health_check=_SLOW_OK)
+    _registered = True
 
 
 def default_profile() -> str:
-    explicit = os.environ.get("SFT_CONFORMANCE_PROFILE")
-    if explicit:
-        return explicit
-    return "ci" if os.environ.get("CI") else "dev"
+    return os.environ.get("SFT_CONFORMANCE_PROFILE") or ("ci" if os.environ.get("CI") else "dev")
 
 
-def load(name: str | None = None) -> str:
-    register_profiles()
-    name = name or default_profile()
+def resolve(name: str | None = None) -> str:
+    """The short name (``ci``, ``dev``, ``thorough``) of the profile to use; ConfigurationError
+    for an unknown one (from an option or from ``SFT_CONFORMANCE_PROFILE``)."""
+    source = "profile" if name else "SFT_CONFORMANCE_PROFILE"
+    name = (name or default_profile()).removeprefix(PREFIX)
     if name not in PROFILES:
-        raise ValueError(f"unknown profile {name!r}: expected one of {', '.join(PROFILES)}")
-    settings.load_profile(name)
+        raise ConfigurationError(f"unknown {source} {name!r}: expected one of "
+                                 f"{', '.join(PROFILES)}")
     return name
+
+
+def profile(name: str) -> settings:
+    """The Hypothesis settings object of one of our profiles (by short or full name)."""
+    _register()
+    return settings.get_profile(PREFIX + resolve(name))

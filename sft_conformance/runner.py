@@ -13,8 +13,9 @@ from dataclasses import asdict, dataclass, field
 from . import profiles
 from .checks import CHECKS, Check, missing_capability
 from .context import Context, TargetRaised
+from .errors import ConfigurationError
 from .failures import CheckFailure, CheckSkipped
-from .target import Declared, TargetError, declared, load_target
+from .target import Declared, TargetError, declared, load_target  # noqa: F401
 
 STATUSES = ("passed", "failed", "skipped", "xfail", "error")
 
@@ -74,24 +75,61 @@ def library_versions() -> dict:
 
 def make_context(target, *, spec: str = "", tokenizer: str | None = None,
                  profile: str | None = None, shrink: bool = True,
-                 distributed: bool = False) -> Context:
+                 distributed: bool = False, strict: bool = False,
+                 max_length: int | None = None) -> Context:
     decl = declared(target)
-    name = profiles.load(profile)
+    name = profiles.resolve(profile)
     return Context(target=target, decl=decl, tokenizer_name=tokenizer or decl.tokenizer,
                    spec=spec or decl.name, profile=name, shrink=shrink,
-                   distributed=distributed)
+                   distributed=distributed, strict=strict,
+                   **({"max_length": max_length} if max_length else {}))
+
+
+def select_checks(only: list[str] | None = None) -> list[Check]:
+    """The checks named by ``only`` (ids or names), every check when empty; ConfigurationError
+    for a name that is no check."""
+    if not only:
+        return list(CHECKS)
+    known = {c.id for c in CHECKS} | {c.name for c in CHECKS}
+    unknown = [o for o in only if o not in known]
+    if unknown:
+        raise ConfigurationError(f"unknown check(s) {', '.join(unknown)}: expected ids "
+                                 f"{', '.join(c.id for c in CHECKS)} or check names")
+    return [c for c in CHECKS if c.id in only or c.name in only]
+
+
+def preflight(ctx: Context) -> None:
+    """Configuration errors surface before any check runs: the tokenizer loads and the
+    declared option factories build targets."""
+    if ctx.decl.missing:
+        return  # every check is skipped with the install hint
+    try:
+        ctx.tokenizer()
+    except ConfigurationError:
+        raise
+    except Exception as exc:
+        raise ConfigurationError(f"tokenizer {ctx.tokenizer_name!r} does not load: "
+                                 f"{type(exc).__name__}: {exc}") from exc
+    for name, factory in ctx.decl.options.items():
+        try:
+            declared(factory())
+        except Exception as exc:
+            raise ConfigurationError(f"target {ctx.decl.name!r}: option {name!r} does not "
+                                     f"build a target: {type(exc).__name__}: {exc}") from exc
 
 
 def iter_checks(target, *, spec: str = "", tokenizer: str | None = None,
                 profile: str | None = None, only: list[str] | None = None,
-                shrink: bool = True, distributed: bool = False
-                ) -> Iterator[tuple[Context, Check]]:
-    """The generator both entry points share: (context, check) for every selected check."""
+                shrink: bool = True, distributed: bool = False, strict: bool = False,
+                max_length: int | None = None) -> Iterator[tuple[Context, Check]]:
+    """The generator both entry points share: (context, check) for every selected check.
+    Configuration errors (unknown check, profile or tokenizer, broken options) raise
+    ConfigurationError before the first pair is yielded."""
+    checks = select_checks(only)
     ctx = make_context(target, spec=spec, tokenizer=tokenizer, profile=profile, shrink=shrink,
-                       distributed=distributed)
-    for check in CHECKS:
-        if only and check.id not in only and check.name not in only:
-            continue
+                       distributed=distributed, strict=strict, max_length=max_length)
+    preflight(ctx)
+    for check in checks:
         yield ctx, check
 
 
@@ -117,6 +155,11 @@ def run_check(ctx: Context, check: Check) -> CheckResult:
             check.func(ctx)
         if known:
             res.message = f"declared known failure did not occur (remove it?): {known}"
+            if ctx.strict:
+                res.status = "failed"
+                res.message = (f"{check.id}: declared known failure did not occur, and strict "
+                               f"mode fails a stale declaration: {known!r}. The target passes "
+                               f"{check.id} now: remove it from known_failures.")
     except CheckFailure as exc:
         res.status, res.message, res.counterexample = "failed", exc.message, exc.counterexample
         if known:
@@ -134,14 +177,21 @@ def run_check(ctx: Context, check: Check) -> CheckResult:
     except Exception as exc:  # a bug in the check or an unexpected library error
         res.status = "error"
         res.message = (f"target {d.name!r}, check {check.id} ({check.name}) crashed: "
-                       f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=6)}")
+                       f"{type(exc).__name__}: {exc}\n{innermost_traceback(exc)}")
     res.seconds = round(time.perf_counter() - start, 3)
     return res
 
 
+def innermost_traceback(exc: BaseException, frames: int = 8) -> str:
+    """The traceback's innermost frames (where it failed), not its outermost ones."""
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__,
+                                              limit=-frames))
+
+
 def check_target(target, *, tokenizer: str | None = None, profile: str | None = None,
                  only: list[str] | None = None, spec: str | None = None,
-                 shrink: bool = True, distributed: bool = False) -> TargetRun:
+                 shrink: bool = True, distributed: bool = False, strict: bool = False,
+                 max_length: int | None = None) -> TargetRun:
     """Run every check on ``target`` (an object, a built-in name or ``module:attr``).
 
     ``shrink=False`` reports the first counterexample found instead of a minimal one (faster;
@@ -153,14 +203,15 @@ def check_target(target, *, tokenizer: str | None = None, profile: str | None = 
     try:
         obj = load_target(target)
         d = declared(obj)
-    except TargetError as exc:
+        pairs = list(iter_checks(obj, spec=str(label), tokenizer=tokenizer, profile=profile,
+                                 only=only, shrink=shrink, distributed=distributed,
+                                 strict=strict, max_length=max_length))
+    except ConfigurationError as exc:
         return TargetRun(str(label), str(label), tokenizer or "", profile or "", error=str(exc))
-    run = TargetRun(d.name, str(label), tokenizer or d.tokenizer,
-                    profiles.load(profile),
+    run = TargetRun(d.name, str(label), tokenizer or d.tokenizer, profiles.resolve(profile),
                     declared={k: v for k, v in asdict(d).items()
                               if k not in ("options", "description")}
                     | {"options": sorted(d.options)})
-    for ctx, check in iter_checks(obj, spec=str(label), tokenizer=tokenizer, profile=profile,
-                                  only=only, shrink=shrink, distributed=distributed):
+    for ctx, check in pairs:
         run.results.append(run_check(ctx, check))
     return run

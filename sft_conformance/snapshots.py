@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .alignment import IGNORE_INDEX, canonical_labels, match_documents, row_segments
+from .errors import ConfigurationError
 from .tables import show_token
 
 FORMAT = "sft-conformance-snapshot"
@@ -22,7 +23,7 @@ VERSION = 1
 BUNDLED_CORPUS = Path(__file__).parent / "data" / "snapshot_corpus.jsonl"
 
 
-class SnapshotError(ValueError):
+class SnapshotError(ConfigurationError, ValueError):
     """A snapshot or corpus that cannot be read or compared; the message says why."""
 
 
@@ -80,12 +81,21 @@ def take_snapshot(target, *, tokenizer: str | None = None, corpus: str | Path | 
     obj = load_target(target)
     d = declared(obj)
     tok_name = tokenizer or d.tokenizer
-    tok = load_tokenizer(tok_name)
+    try:
+        tok = load_tokenizer(tok_name)
+    except Exception as exc:
+        raise SnapshotError(f"tokenizer {tok_name!r} does not load: {exc}") from None
     conversations = load_corpus(corpus)
     examples = []
     for i, item in enumerate(conversations):
         conv = item["messages"]
-        batch = validate_batch(obj.collate([conv], tok, max_length), d.name)
+        try:
+            out = obj.collate([conv], tok, max_length)
+        except Exception as exc:  # a refusal (e.g. an empty assistant message) is recorded
+            examples.append({"index": i, "name": item["name"], "input_ids": [], "labels": [],
+                             "refused": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]})
+            continue
+        batch = validate_batch(out, d.name)
         if d.packs:
             expected = build_example(conv, tok).input_ids
             (seg,), _ = match_documents(batch, [expected])
@@ -140,6 +150,7 @@ class SnapshotDiff:
     newly_trained: int = 0
     no_longer_trained: int = 0
     ids_changed: int = 0
+    refusals_changed: int = 0
     total: int = 0
 
     @property
@@ -160,6 +171,11 @@ def diff(old: dict, new: dict) -> SnapshotDiff:
                             f"{len(new['examples'])})")
     result = SnapshotDiff(total=len(old["examples"]))
     for a, b in zip(old["examples"], new["examples"]):
+        if a.get("refused") != b.get("refused"):
+            result.refusals_changed += 1
+            result.changed.append({"index": a["index"], "name": a["name"], "kind": "refusal",
+                                   "old": a, "new": b})
+            continue
         if a["input_ids"] != b["input_ids"]:
             result.ids_changed += 1
             result.changed.append({"index": a["index"], "name": a["name"], "kind": "input_ids",
@@ -184,6 +200,12 @@ def render_diff(result: SnapshotDiff, tokenizer=None, *, context: int = 2) -> st
     out = []
     for ch in result.changed:
         a, b = ch["old"], ch["new"]
+        if ch["kind"] == "refusal":
+            what = ("now refused: " + b["refused"] if not a.get("refused") else
+                    "no longer refused (was: " + a["refused"] + ")" if not b.get("refused") else
+                    f"refused differently: {a['refused']} -> {b['refused']}")
+            out.append(f"example {ch['index']} ({ch['name']}): the target's collate {what}")
+            continue
         if ch["kind"] == "input_ids":
             out.append(f"example {ch['index']} ({ch['name']}): input ids changed "
                        f"({len(a['input_ids'])} -> {len(b['input_ids'])} tokens)")
@@ -203,5 +225,6 @@ def render_diff(result: SnapshotDiff, tokenizer=None, *, context: int = 2) -> st
                                           tablefmt="github"))
     out.append(f"summary: {len(result.changed)} of {result.total} examples changed; "
                f"{result.newly_trained} token(s) newly trained, {result.no_longer_trained} no "
-               f"longer trained, {result.ids_changed} example(s) with changed input ids")
+               f"longer trained, {result.ids_changed} example(s) with changed input ids, "
+               f"{result.refusals_changed} example(s) refused or accepted anew")
     return "\n\n".join(out)

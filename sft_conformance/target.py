@@ -42,13 +42,19 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import os
+import re
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigurationError
 
 TURN_POLICIES = ("all", "last")
 OVERLONG = ("raise", "drop", "truncate_prompt", "truncate_response", "truncate")
 
 
-class TargetError(Exception):
+class TargetError(ConfigurationError):
     """A target that cannot be loaded or does not follow the protocol (exit code 2)."""
 
 
@@ -138,13 +144,9 @@ def load_target(spec):
     module_name, attr = spec.rsplit(":", 1)
     try:
         if module_name.endswith(".py"):
-            loc = importlib.util.spec_from_file_location(f"_sft_target_{abs(hash(module_name))}",
-                                                         module_name)
-            if loc is None or loc.loader is None:
-                raise ImportError(f"cannot load {module_name}")
-            module = importlib.util.module_from_spec(loc)
-            loc.loader.exec_module(module)
+            module = _import_file(module_name)
         else:
+            _cwd_first()
             module = importlib.import_module(module_name)
     except Exception as exc:  # import errors, syntax errors, errors at import time
         raise TargetError(f"target {spec!r} does not import: {type(exc).__name__}: {exc}") from exc
@@ -158,3 +160,35 @@ def load_target(spec):
     except Exception as exc:
         raise TargetError(f"target {spec!r} could not be constructed: {type(exc).__name__}: "
                           f"{exc}") from exc
+
+
+def _cwd_first() -> None:
+    """Resolve ``module:attr`` from the current directory first, as ``python -m`` does."""
+    cwd = os.getcwd()
+    if not sys.path or os.path.abspath(sys.path[0] or ".") != cwd:
+        if cwd in sys.path:
+            sys.path.remove(cwd)
+        sys.path.insert(0, cwd)
+    importlib.invalidate_caches()
+
+
+def _import_file(path: str):
+    """Import ``path/to/file.py`` as a module registered in ``sys.modules`` before it runs (so
+    dataclasses, pickling and ``from __future__ import annotations`` work in it)."""
+    file = Path(path).resolve()
+    if not file.is_file():
+        raise ImportError(f"no such file: {path}")
+    name = "_sft_target_" + re.sub(r"\W", "_", file.stem) + f"_{abs(hash(str(file))):x}"
+    if name in sys.modules:
+        return sys.modules[name]
+    loc = importlib.util.spec_from_file_location(name, file)
+    if loc is None or loc.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(loc)
+    sys.modules[name] = module
+    try:
+        loc.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module

@@ -10,9 +10,6 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 import torch  # noqa: E402
 
-from sft_conformance import profiles  # noqa: E402
-
-profiles.load()
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 BUNDLED = ("chatml", "chatml-generation", "llama3", "seed000", "seed001")

@@ -64,6 +64,7 @@ def tok_gen():
 @pytest.mark.skipif(not HAVE_TORCHTUNE, reason=f"torchtune not installed: {HINT}")
 def test_padded_collate_sft_equals_reference_shifted(tok_gen):
     import torch
+
     from sft_conformance.reference import collate
 
     convs = [SINGLE, MULTI]
@@ -89,9 +90,9 @@ def test_packed_positions_restart_per_sample(tok_gen):
 @pytest.mark.skipif(not HAVE_TORCHTUNE, reason=f"torchtune not installed: {HINT}")
 def test_recipe_loss_is_the_token_mean(tok_gen):
     import torch
-    from sft_conformance.reference import sft_loss
 
     from sft_conformance.assets import tiny_model
+    from sft_conformance.reference import sft_loss
 
     target = load_target("torchtune-padded-collate-sft")
     batch = target.collate([SINGLE, MULTI], tok_gen, 64)

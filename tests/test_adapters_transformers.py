@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from sft_conformance.reference import IGNORE_INDEX, collate, per_token_nll, sft_loss
 
 from sft_conformance.adapters import REGISTRY
 from sft_conformance.adapters.versions import library_versions
+from sft_conformance.reference import IGNORE_INDEX, collate, per_token_nll, sft_loss
 from sft_conformance.target import declared, load_target
 
 ADAPTERS = Path(__file__).resolve().parents[1] / "sft_conformance" / "adapters"

@@ -17,8 +17,8 @@ pytest.importorskip("trl")
 pytest.importorskip("datasets")
 
 from samples import CONVS, LOOKALIKE, MULTI, SINGLE  # noqa: E402
-from sft_conformance.reference import IGNORE_INDEX, collate, sft_loss  # noqa: E402
 
+from sft_conformance.reference import IGNORE_INDEX, collate, sft_loss  # noqa: E402
 from sft_conformance.target import declared, load_target  # noqa: E402
 
 

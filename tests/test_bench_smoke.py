@@ -9,6 +9,7 @@ import copy
 import json
 
 import pytest
+
 from sft_conformance.bench.presets import get_preset
 from sft_conformance.bench.strategies import STRATEGIES, epoch_counts, make_batches
 
@@ -116,9 +117,8 @@ def test_regression_gate(tmp_path, capsys):
 
 def test_cli_user_model_config_and_jsonl(tmp_path, capsys):
     """``--model CONFIG --data FILE.jsonl --tokenizer``: the path a user takes, end to end."""
-    from sft_conformance.bench.data import PROFILES, generate_conversations
-
     from sft_conformance.assets import load_tokenizer
+    from sft_conformance.bench.data import PROFILES, generate_conversations
     from sft_conformance.cli import main
 
     tok = load_tokenizer("chatml")
@@ -146,6 +146,7 @@ def test_cli_user_model_config_and_jsonl(tmp_path, capsys):
 
 def test_flatten_rows_matches_reference_packing(chatml):
     import torch
+
     from sft_conformance.bench.data import PROFILES, generate_conversations, tokenize
     from sft_conformance.bench.strategies import flatten_rows
     from sft_conformance.reference.packing import pack_examples

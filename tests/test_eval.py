@@ -8,13 +8,13 @@ import shutil
 
 import pytest
 import torch
-from sft_conformance.reference import IGNORE_INDEX, build_example, per_token_nll
 
 from sft_conformance.assets import load_tokenizer, tiny_model
 from sft_conformance.cli import main
 from sft_conformance.evaluation import lmeval
 from sft_conformance.evaluation import tasks as toy
 from sft_conformance.evaluation import variants as V
+from sft_conformance.reference import IGNORE_INDEX, build_example, per_token_nll
 
 HELLO = toy.conversation({"content": "hello", "answer": "olleh"})
 

@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
-from sft_conformance.reference import IGNORE_INDEX, build_example, labels_for, oracle_loss, sft_loss
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from sft_conformance.assets import SEED000, load_tokenizer
+from sft_conformance.reference import IGNORE_INDEX, build_example, labels_for, oracle_loss, sft_loss
 
 
 def word_tokenizer(vocab: dict[str, int]) -> PreTrainedTokenizerFast:

@@ -6,6 +6,8 @@ import pytest
 import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
+
+from sft_conformance import profiles
 from sft_conformance.reference import (
     block_causal_mask,
     build_example,
@@ -18,12 +20,15 @@ from sft_conformance.reference import (
     sft_loss,
     step_denominator,
 )
-
 from sft_conformance.strategies import CHAR_ALPHABET, conversations, logits_and_labels
 
 # -- S6: the tensor loss equals the plain-Python filtered mean -----------------------------------
 
+#: our own profile, passed explicitly (never loaded globally)
+OUR_PROFILE = profiles.profile(profiles.resolve())
 
+
+@OUR_PROFILE
 @given(data=logits_and_labels(), shifted=st.booleans())
 @example(data=([[[0.0, 1.0], [2.0, 3.0]]], [[-100, -100]]), shifted=False)
 @example(data=([[[0.0, 1.0], [2.0, 3.0]]], [[1, -100]]), shifted=False)  # only labels[0]: unused
@@ -101,6 +106,7 @@ def assert_mask_follows_spec(conv, tok, policy="all"):
 
 
 @pytest.mark.parametrize("name", ["chatml", "chatml-generation", "llama3", "seed000"])
+@OUR_PROFILE
 @given(data=st.data())
 def test_bundled_template_masks_follow_spec(tokenizers, name, data):
     conv = data.draw(conversations(), label="conversation")
@@ -108,6 +114,7 @@ def test_bundled_template_masks_follow_spec(tokenizers, name, data):
     assert_mask_follows_spec(conv, tokenizers[name], policy)
 
 
+@OUR_PROFILE
 @given(data=st.data())
 def test_seed001_masks_follow_spec(tokenizers, data):
     conv = data.draw(conversations(alphabet=CHAR_ALPHABET, roles=("user", "assistant")),
@@ -129,6 +136,7 @@ def test_boundary_merge_is_trained(chatml):
 # -- S5: padding changes no real logit ------------------------------------------------------------
 
 
+@OUR_PROFILE
 @given(data=st.data())
 def test_padding_side_does_not_change_logits(chatml, tiny, data):
     convs = data.draw(st.lists(conversations(max_turns=2), min_size=2, max_size=3),
@@ -151,6 +159,7 @@ def test_padding_side_does_not_change_logits(chatml, tiny, data):
 # -- S8: a packed row equals its documents alone --------------------------------------------------
 
 
+@OUR_PROFILE
 @given(data=st.data(), shifted=st.booleans())
 def test_packed_row_equals_documents_alone(chatml, tiny, data, shifted):
     convs = data.draw(st.lists(conversations(max_turns=2), min_size=2, max_size=4),
@@ -183,11 +192,11 @@ def test_block_causal_mask_isolates_documents():
 # -- S7: gradient accumulation with the step denominator -----------------------------------------
 
 
+@OUR_PROFILE
 @given(data=st.data(), shifted=st.booleans())
 def test_accumulation_matches_full_batch_gradient(chatml, data, shifted):
-    from sft_conformance.reference import accumulate_gradients
-
     from sft_conformance.assets import tiny_model
+    from sft_conformance.reference import accumulate_gradients
 
     convs = data.draw(st.lists(conversations(max_turns=2), min_size=2, max_size=4),
                       label="batch")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 
 def add_arguments(parser) -> None:
@@ -19,6 +18,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--quiet", "-q", action="store_true", help="no failure details")
     parser.add_argument("--distributed", action="store_true",
                         help="also run S7dp: the loss under torch.distributed with 2 processes")
+    parser.add_argument("--max-length", type=int, default=None, metavar="N",
+                        help="max_length passed to collate (default 512); raise it when the "
+                             "template's preamble leaves no room for the drawn conversations")
+    parser.add_argument("--strict", action="store_true",
+                        help="fail a declared known failure that no longer fails")
 
 
 def header(targets, tokenizer, profile) -> str:
@@ -44,18 +48,24 @@ def summary_table(run) -> str:
 
 
 def run(args) -> int:
-    from sft_conformance.runner import check_target
+    from sft_conformance.cli import UsageError
+    from sft_conformance.profiles import resolve
+    from sft_conformance.runner import check_target, select_checks
 
+    resolve(args.profile)  # an unknown profile (or SFT_CONFORMANCE_PROFILE) stops here
+    select_checks(args.check)  # and an unknown check id
+    if args.max_length is not None and args.max_length < 8:
+        raise UsageError(f"--max-length {args.max_length}: expected at least 8")
     print(header(args.targets, args.tokenizer, args.profile), flush=True)
-    runs, usage_error = [], False
+    runs = []
     for spec in args.targets:
         result = check_target(spec, tokenizer=args.tokenizer, profile=args.profile,
-                              only=args.check, distributed=args.distributed)
-        runs.append(result)
+                              only=args.check, distributed=args.distributed,
+                              strict=args.strict, max_length=args.max_length)
         if result.error:
-            usage_error = True
-            print(f"== {spec}: configuration error ==\n{result.error}\n", file=sys.stderr)
-            continue
+            # a configuration error: nothing was checked; one line, exit 2
+            raise UsageError(f"{spec}: {result.error}")
+        runs.append(result)
         print(f"== {result.target} (tokenizer {result.tokenizer}) ==")
         print(summary_table(result))
         if not args.quiet:
@@ -74,9 +84,4 @@ def run(args) -> int:
         for c in r.results:
             totals[c.status] = totals.get(c.status, 0) + 1
     print("summary: " + ", ".join(f"{v} {k}" for k, v in sorted(totals.items())))
-    if usage_error:
-        return 2
-    if any(c.status == "error" and "does not import" in c.message for r in runs
-           for c in r.results):
-        return 2
     return 0 if all(r.ok for r in runs) else 1
