@@ -3,7 +3,7 @@
 * ``pytest --sft-target TARGET [--sft-target ...] [--sft-tokenizer NAME] [--sft-profile ci]``
   adds one test item per check and target to the session (no test file needed). The items are
   collected like any others: ``--collect-only`` lists them, ``-k "S4-"`` selects one check, and
-  a node id printed by pytest (``"sft-conformance[reference]::S4-end_of_turn_trained"``) can be
+  a node id printed by pytest (``"::sft-conformance[reference]::S4-end_of_turn_trained"``) can be
   passed back on the command line to re-run that check alone.
 * :func:`parametrize_checks` is the parametrizer for a user's own test file::
 
@@ -70,9 +70,11 @@ def pytest_configure(config):
     if not config.getoption("--sft-target"):
         return
     # node ids of our items given on the command line select them; they are no paths
-    ours = [a for a in config.args if a.startswith(NODE_PREFIX)]
+    ours = [a.removeprefix("::") for a in config.args
+            if a.removeprefix("::").startswith(NODE_PREFIX)]
     if ours:
-        config.args[:] = [a for a in config.args if not a.startswith(NODE_PREFIX)]
+        config.args[:] = [a for a in config.args
+                          if not a.removeprefix("::").startswith(NODE_PREFIX)]
     config._sft_selected = ours  # noqa: SLF001
 
 
@@ -177,10 +179,11 @@ def pytest_make_collect_report(collector):
         node = TargetCollector.from_parent(collector, name=f"{NODE_PREFIX}{spec}]", spec=spec,
                                            pairs=pairs)
         if selected:
-            wanted = {s for s in selected if s == node.nodeid or s.startswith(node.nodeid + "::")}
+            nodeid = node.nodeid.removeprefix("::")
+            wanted = {s for s in selected if s == nodeid or s.startswith(nodeid + "::")}
             if not wanted:
                 continue
-            if node.nodeid not in wanted:
+            if nodeid not in wanted:
                 names = {s.split("::", 1)[1] for s in wanted}
                 node.pairs = [(c, k) for c, k in pairs if f"{k.id}-{k.name}" in names
                               or k.id in names]
