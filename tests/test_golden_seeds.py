@@ -1,4 +1,9 @@
-"""Golden numbers from the seed documents (../shared/seeds): the reference must reproduce them."""
+"""Golden numbers: the worked examples of the specification, reproduced by the reference.
+
+Each test computes the numbers of one worked example in the appendix of
+``docs/specification.md`` and cites its anchor. Where the textbook material the examples come
+from is inconsistent, the worked example says so and the test pins what is actually true.
+"""
 
 from __future__ import annotations
 
@@ -32,7 +37,10 @@ SEED000_LOGITS = [[0.1, 0.2, 2.0, 0.5, 0.3, 0.1],
 
 
 def test_seed000_cross_entropy_table():
-    """The table's probabilities give 0.522/0.232/0.257 and the mean 0.337."""
+    """The table's probabilities give 0.522/0.232/0.257 and the mean 0.337.
+
+    Numbers from the worked example docs/specification.md#worked-seed-000.
+    """
     probs = [0.593, 0.793, 0.773]
     nll = [-math.log(p) for p in probs]
     assert [round(x, 2) for x in nll] == [0.52, 0.23, 0.26]
@@ -49,7 +57,8 @@ def test_seed000_printed_logits_give_0437_not_0337():
     """Seed bug, pinned: the chapter-2 logits do not have the table's softmax column.
 
     softmax([0.1, 0.2, 2.0, 0.5, 0.3, 0.1])[2] is 0.535, not 0.593, and the code sample prints
-    0.437 when run, not the 0.337 the seed shows as its output.
+    0.437 when run, not the 0.337 the seed shows as its output. Numbers from the worked example
+    docs/specification.md#worked-seed-000.
     """
     logits = torch.tensor([SEED000_LOGITS], dtype=torch.float64)
     loss = sft_loss(logits, torch.tensor([[2, 3, 4]]), labels_shifted=True)
@@ -62,6 +71,7 @@ def test_seed000_printed_logits_give_0437_not_0337():
 # -- seed 000, chapters 3 and 4: the mask tables -----------------------------------------------
 
 def test_seed000_chapter3_mask_table():
+    """Ids and labels of the chapter-3 table: docs/specification.md#worked-seed-000-masks."""
     vocab = {"<pad>": 0, "<|user|>": 6, "Explain": 7, "gravity": 8, "<|end|>": 9,
              "<|assistant|>": 10, "Gravity": 11, "is": 12, "a": 13, "force": 14}
     tok = word_tokenizer(vocab)
@@ -73,6 +83,7 @@ def test_seed000_chapter3_mask_table():
 
 
 def test_seed000_chapter4_mask_table():
+    """Ids and labels of the chapter-4 table: docs/specification.md#worked-seed-000-masks."""
     vocab = {"<pad>": 0, "The": 1, "quick": 2, "brown": 3, "fox": 4, "jumps": 5, "over": 6,
              "lazy": 7, "dog": 8, "<|user|>": 9, "<|assistant|>": 10, "<|end|>": 11,
              "What": 12, "is": 13, "a": 14, "?": 15}
@@ -89,6 +100,7 @@ def test_seed000_chapter4_mask_table():
 # -- seed 001: the shift-by-one walkthrough ----------------------------------------------------
 
 def test_seed001_reversal_shifted_mask():
+    """The 13-token shift-by-one diagram: docs/specification.md#worked-seed-001."""
     tok = load_tokenizer("seed001")
     ex = build_example([{"role": "user", "content": "hello"},
                         {"role": "assistant", "content": "olleh"}], tok)
@@ -107,6 +119,7 @@ def test_seed001_reversal_shifted_mask():
 # -- seed 002: the 7-token walkthrough ---------------------------------------------------------
 
 def test_seed002_walkthrough():
+    """The 7-token masked mean, 2.454: docs/specification.md#worked-seed-002."""
     labels = [-100, -100, -100, -100, -100, 42, 99]
     nll = [-math.log(0.018), -math.log(0.41)]
     assert [round(x, 3) for x in nll] == [4.017, 0.892]
@@ -127,6 +140,7 @@ def test_seed002_walkthrough():
 # -- seed 003: padding waste ---------------------------------------------------------------------
 
 def test_seed003_padding_waste():
+    """About 88% of a padded batch is padding: docs/specification.md#worked-seed-003."""
     mean_length, max_length = 250, 2048
     waste = 1 - mean_length / max_length
     assert round(waste, 2) == 0.88
