@@ -25,7 +25,7 @@ class DroppedExampleWarning(UserWarning):
 
 
 def labels_for(example: Example, *, labels_shifted: bool = False) -> list[int]:
-    """Labels of one example in either convention (DESIGN.md section 1)."""
+    """Labels of one example in either convention (docs/specification.md#label-conventions)."""
     ids, trained = example.input_ids, example.trained
     if labels_shifted:
         return [ids[t + 1] if trained[t + 1] else IGNORE_INDEX for t in range(len(ids) - 1)] + [

@@ -1,6 +1,6 @@
 """The SFT loss: masked, shifted next-token cross-entropy, averaged over trained positions.
 
-Two label conventions exist (DESIGN.md section 1):
+Two label conventions exist (docs/specification.md#label-conventions):
 
 * unshifted (Hugging Face): ``labels[t]`` is the target of ``logits[t - 1]``; the loss shifts.
 * shifted (seed 001, torchtune): ``labels[t]`` is the target of ``logits[t]``; no shift here.

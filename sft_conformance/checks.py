@@ -1,4 +1,5 @@
-"""The conformance checks, one named top-level function per requirement S1-S12 of DESIGN.md.
+"""The conformance checks, one named top-level function per requirement S1-S12 of
+docs/specification.md (each check's docstring cites its section, e.g. ``#s4``).
 
 Each check takes a :class:`~sft_conformance.context.Context` and returns quietly when the target
 conforms, raises :class:`~sft_conformance.failures.CheckFailure` with a readable counterexample

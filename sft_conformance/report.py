@@ -110,7 +110,8 @@ def render_markdown(data: dict, command: str) -> str:
     ids = [c.id for c in CHECKS]
     names = {c.id: c.name for c in CHECKS}
     lines = ["# Conformance matrix", "",
-             "Which SFT stacks conform to the specification S1-S12 (DESIGN.md), checked with "
+             "Which SFT stacks conform to the specification S1-S12 (docs/specification.md), "
+             "checked with "
              "the tiny bundled model and tokenizers. ✓ passed, ✗ failed, xfail a failure the "
              "target declares (reason below), – skipped (reason below), error the target raised.",
              "", f"- Command: `{command}`", f"- Generated: {data['generated']} on "

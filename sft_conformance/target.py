@@ -1,4 +1,6 @@
-"""The target protocol (DESIGN.md section 2): what an implementation under test provides.
+"""The target protocol: what an implementation under test provides.
+
+The specification of it: docs/specification.md#the-target-protocol.
 
 A target is any object with these attributes::
 

@@ -114,9 +114,6 @@ def test_docs_and_tests_do_not_point_outside_the_repository():
                      + "\n".join(hits)
 
 
-@pytest.mark.xfail(strict=False, reason="README.md and docstrings in reference/ and "
-                                        "sft_conformance/ still cite the design notes outside "
-                                        "the repository; they are being rewritten")
 def test_repository_does_not_point_outside_itself():
     hits = outside_pointers(tracked_files())
     assert not hits, "files that point outside the repository (cite docs/specification.md " \

@@ -1,4 +1,4 @@
-"""Post-SFT evaluation through lm-eval (issue #7, DESIGN.md section 6).
+"""Post-SFT evaluation through lm-eval (the evaluation section of README.md).
 
 * :mod:`.tasks`: the seed-001 toy tasks (word reversal, small sums), generated deterministically,
   with held-out test sets shipped as JSONL next to lm-eval task YAML in ``sft_conformance/tasks``.

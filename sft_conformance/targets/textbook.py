@@ -1,6 +1,7 @@
 """The textbook targets: the algorithms of the seed documents, run through the suite.
 
-Each reproduces a seed's code sample line for line (the seeds are in ``../shared/seeds``); only the
+Each reproduces a seed textbook's code sample line for line (their worked numbers are in
+docs/specification.md#appendix-worked-examples); only the
 glue that turns our conversations into the seed's ``{"prompt", "response"}`` records is ours.
 """
 
