@@ -19,8 +19,23 @@ from sft_conformance.reference import IGNORE_INDEX, build_example, per_token_nll
 HELLO = toy.conversation({"content": "hello", "answer": "olleh"})
 
 
-def test_offline_env():
-    assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["HF_DATASETS_OFFLINE"] == "1"
+def test_no_network_at_run_time(monkeypatch, tmp_path):
+    """The eval's pieces (tokenizers, tiny model, task files, lm-eval tasks) never open a
+    connection: every socket connect fails here, and they still build."""
+    import socket
+
+    from sft_conformance.assets import load_tokenizer, tiny_model
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access at run time: connect{args[1:]}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    for name in ("chatml", "seed001"):
+        tok = load_tokenizer(name)
+        assert tiny_model(tok).config.vocab_size >= len(tok)
+    for task in toy.TASKS:
+        assert toy.read_test_file(task)
 
 
 def test_shipped_test_sets_are_current_and_held_out():

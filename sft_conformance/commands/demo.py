@@ -12,10 +12,14 @@ def run(args) -> int:
     import torch
 
     from sft_conformance.assets import load_tokenizer, tiny_model
+    from sft_conformance.cli import UsageError
     from sft_conformance.reference import collate, forward, sft_loss
     from sft_conformance.tables import token_table
 
-    tok = load_tokenizer(args.tokenizer)
+    try:
+        tok = load_tokenizer(args.tokenizer)
+    except (ValueError, OSError) as exc:
+        raise UsageError(f"--tokenizer: {exc}") from None
     conv = [{"role": "user", "content": "Explain gravity"},
             {"role": "assistant", "content": "Gravity is a force"}]
     if args.tokenizer == "seed001":

@@ -8,6 +8,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--profile", choices=("ci", "dev", "thorough"), default="ci")
     parser.add_argument("--only-meant", action="store_true",
                         help="run only the check meant for each mutant (fast)")
+    parser.add_argument("--mutant", action="append", default=None, metavar="NAME",
+                        help="run only these mutants; repeatable")
 
 
 def run(args) -> int:
@@ -15,12 +17,19 @@ def run(args) -> int:
 
     from tabulate import tabulate
 
+    from sft_conformance.cli import UsageError
     from sft_conformance.mutants import BUGS, KILLS
     from sft_conformance.runner import check_target, library_versions
 
+    unknown = sorted(set(args.mutant or ()) - set(KILLS))
+    if unknown:
+        raise UsageError(f"unknown mutant(s) {', '.join(unknown)}: see 'sft-conformance "
+                         "targets --all'")
     started = time.perf_counter()
     rows, survivors = [], []
     for name, meant in KILLS.items():
+        if args.mutant and name not in args.mutant:
+            continue
         run_ = check_target(name, profile=args.profile,
                             only=[meant] if args.only_meant else None)
         status = {r.id: r.status for r in run_.results}

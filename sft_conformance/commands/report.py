@@ -33,9 +33,22 @@ def run(args) -> int:
         command = "sft-conformance report " + " ".join(shlex.quote(t) for t in args.targets)
     out = Path(args.out)
     if args.from_json:
-        data = json.loads(Path(args.from_json).read_text())
+        from sft_conformance.cli import UsageError
+
+        try:
+            data = json.loads(Path(args.from_json).read_text())
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--from-json {args.from_json}: {exc}") from None
         command = data.get("command", command)
     else:
+        from sft_conformance.cli import UsageError
+        from sft_conformance.targets import builtin_targets
+
+        known = builtin_targets()
+        unknown = [t for t in args.targets if t not in known and ":" not in t]
+        if unknown:
+            raise UsageError(f"unknown target(s) {', '.join(unknown)}: see 'sft-conformance "
+                             "targets'")
         targets = args.targets or default_targets()
         print(f"conformance matrix of {len(targets)} targets (profile {args.profile})",
               flush=True)
