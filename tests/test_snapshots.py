@@ -131,3 +131,32 @@ def test_example_workflow_commands_run_locally(step, tmp_path):
                                               "sft_conformance.cli ", 1),
                               shell=True, cwd=ROOT, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_pre_commit_hook_entry_gates_a_moved_label(tmp_path):
+    """The pre-commit example's entry, run as pre-commit would: 0 on unchanged masks, 1 once a
+    trained token moves (the baseline snapshot is edited to differ)."""
+    import shlex
+
+    import yaml
+
+    config = yaml.safe_load((ROOT / "examples/ci/pre-commit-config.yaml").read_text())
+    (hook,) = config["repos"][0]["hooks"]
+    assert hook["language"] == "system" and hook["pass_filenames"] is False
+    argv = shlex.split(hook["entry"])
+    assert argv[:2] == ["bash", "-c"]
+    script = argv[2].replace("/tmp/", f"{tmp_path}/").replace("snapshots/", f"{tmp_path}/")
+    script = script.replace("sft-conformance ", f"{shlex.quote(sys.executable)} -m "
+                                                "sft_conformance.cli ")
+    baseline = tmp_path / "masks.json"
+    target = f"{ROOT / 'examples/ci/my_adapter.py'}:MyTarget"
+    assert main(["snapshot", target, "--out", str(baseline)]) == 0
+    hook_run = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True)
+    assert hook_run.returncode == 0, hook_run.stdout + hook_run.stderr
+    data = json.loads(baseline.read_text())
+    labels = data["examples"][0]["labels"]
+    labels[next(i for i, x in enumerate(labels) if x != -100)] = -100
+    baseline.write_text(json.dumps(data))
+    hook_run = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True)
+    assert hook_run.returncode == 1, hook_run.stdout + hook_run.stderr
+    assert "newly trained" in hook_run.stdout
