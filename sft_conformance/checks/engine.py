@@ -1,0 +1,83 @@
+"""The property engine: drawing conversations and running a property under one of our
+Hypothesis profiles, passed explicitly."""
+
+from __future__ import annotations
+
+import hypothesis.strategies as st
+from hypothesis import HealthCheck, Phase, Verbosity, example, given, settings
+
+from sft_conformance.reference import (
+    build_example,
+)
+
+from .. import profiles
+from ..context import Context
+from ..strategies import CHAR_ALPHABET, conversations
+
+# -- drawing inputs -----------------------------------------------------------------------------
+
+
+def conversation_strategy(ctx: Context, *, max_turns=3, adversarial=True, min_turns=1):
+    char = ctx.tokenizer().name_or_path.endswith("seed001")
+    single = not getattr(ctx.target, "multi_turn", True)
+    system = False if (char or single or not getattr(ctx.target, "system_prompt", True)) else None
+    strategy = conversations(
+        max_turns=1 if single else max_turns,
+        system=system,
+        adversarial=adversarial,
+        alphabet=CHAR_ALPHABET if char else None,
+        roles=("user", "assistant") if char else ("system", "user", "assistant"),
+    )
+    if min_turns > 1:
+        strategy = strategy.filter(lambda c: sum(m["role"] == "assistant" for m in c) >= min_turns)
+    return strategy
+
+
+def batch_strategy(ctx, *, min_size=1, max_size=3, **kwargs):
+    return st.lists(conversation_strategy(ctx, **kwargs), min_size=min_size, max_size=max_size)
+
+
+def run_property(ctx: Context, strategy, prop, *, pinned=(), budget: float = 1.0) -> None:
+    """Run ``prop`` on draws of ``strategy`` under the context's Hypothesis profile."""
+    base = profiles.profile(ctx.profile)
+    max_examples = max(3, int(base.max_examples * budget))
+
+    def test(inputs):
+        prop(inputs)
+
+    test = given(strategy)(test)
+    for value in reversed(list(pinned)):
+        test = example(value)(test)
+    phases = base.phases if ctx.shrink else tuple(p for p in base.phases if p != Phase.shrink)
+    settings(
+        parent=base,
+        max_examples=max_examples,
+        verbosity=Verbosity.quiet,
+        phases=phases,
+        report_multiple_bugs=False,
+        print_blob=False,
+        database=None,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )(test)()
+
+
+def fits(ctx, convs, tok) -> bool:
+    return all(
+        len(build_example(c, tok, policy=ctx.decl.turn_policy)) <= ctx.max_length for c in convs
+    )
+
+
+def pad_eos_strategy(ctx):
+    """pad == eos or not: both unless the target declares which one it is built for."""
+    declared = getattr(ctx.target, "pad_equals_eos", None)
+    return st.booleans() if declared is None else st.just(bool(declared))
+
+
+def pad_eos_allowed(ctx, value: bool) -> bool:
+    declared = getattr(ctx.target, "pad_equals_eos", None)
+    return declared is None or bool(declared) == value
+
+
+def is_bpe(ctx) -> bool:
+    return not ctx.tokenizer().name_or_path.endswith("seed001")

@@ -1,0 +1,127 @@
+"""Label alignment: what the specification expects of each example, where each example sits in
+the target's batch, and the first position where the two disagree."""
+
+from __future__ import annotations
+
+from sft_conformance.reference import (
+    build_example,
+    labels_for,
+)
+
+from ..alignment import (
+    IGNORE_INDEX,
+    canonical_labels,
+    match_documents,
+    row_segments,
+)
+from ..failures import fail, fail_at_position
+from .engine import fits  # noqa: F401
+
+
+def expected_labels(ctx, convs, tok):
+    exs = [build_example(c, tok, policy=ctx.decl.turn_policy, index=i) for i, c in enumerate(convs)]
+    labels = []
+    for ex in exs:
+        lab = labels_for(ex)
+        if ctx.decl.trains_after_eot:
+            for span in ex.turns:
+                nxt = (span.end_token or -2) + 1
+                if 0 < nxt < len(ex) and not is_special(tok, ex.input_ids[nxt]):
+                    lab[nxt] = ex.input_ids[nxt]
+        labels.append(lab)
+    return exs, labels
+
+
+def is_special(tok, token_id) -> bool:
+    return int(token_id) in set(tok.all_special_ids)
+
+
+def segments_for(ctx, batch, exs, convs, *, tok, pad_equals_eos=False):
+    """The segment of the batch holding each example (row i for non-packed targets)."""
+    if ctx.decl.packs:
+        matches, _ = match_documents(batch, [e.input_ids for e in exs])
+        return matches
+    B = batch["input_ids"].shape[0]
+    if B != len(exs):
+        fail(
+            ctx,
+            f"the batch has {B} rows for {len(exs)} conversations: the target dropped, "
+            "split or merged examples (S1 expects one row per conversation)",
+            conversations=convs,
+            pad_equals_eos=pad_equals_eos,
+        )
+    return row_segments(batch, [len(e) for e in exs])
+
+
+def differences(ctx, convs, tok, batch, relevant, *, pad_equals_eos=False):
+    """Yield (example, position, got, want, ids, segment) where ``relevant`` holds."""
+    exs, want = expected_labels(ctx, convs, tok)
+    segs = segments_for(ctx, batch, exs, convs, tok=tok, pad_equals_eos=pad_equals_eos)
+    for i, (ex, seg) in enumerate(zip(exs, segs)):
+        if seg is None:
+            continue  # a packed document not found: S1/S8 report it
+        got = canonical_labels(batch, seg, labels_shifted=ctx.decl.labels_shifted)
+        ids = batch["input_ids"][seg.row, seg.start : seg.stop].tolist()
+        if ids != ex.input_ids:
+            # S1 reports the ids; here judge the tokens both sequences share, in the template's
+            # coordinates. A template token the target lacks (a missing end token) is "absent".
+            got, ids = aligned(ex.input_ids, ids, got), ex.input_ids
+        for t in range(len(ex)):
+            g = IGNORE_INDEX if got[t] is None else got[t]
+            if (g != want[i][t] or got[t] is None) and relevant(t, got[t], want[i][t], ex):
+                if got[t] is None and want[i][t] == IGNORE_INDEX:
+                    continue  # an untrained template token the target lacks: S1's business
+                yield i, t, got, want[i], ids, seg
+
+
+def aligned(expected_ids, got_ids, got_labels):
+    """The target's labels moved onto the template's token positions (None where absent)."""
+    import difflib
+
+    out = [None] * len(expected_ids)
+    matcher = difflib.SequenceMatcher(None, expected_ids, got_ids, autojunk=False)
+    for a, b, size in matcher.get_matching_blocks():
+        for k in range(size):
+            out[a + k] = got_labels[b + k]
+    return out
+
+
+def compare_labels(ctx, convs, tok, batch, relevant, *, what, spec, pad_equals_eos=False):
+    """Fail at the first position where ``relevant(pos, got, want, example)`` holds."""
+    __tracebackhide__ = True
+    for i, t, got, want, ids, seg in differences(
+        ctx, convs, tok, batch, relevant, pad_equals_eos=pad_equals_eos
+    ):
+        fail_at_position(
+            ctx,
+            what,
+            tokenizer=tok,
+            example=i,
+            input_ids=ids,
+            got=got,
+            expected=want,
+            position=t,
+            spec=spec,
+            conversations=convs,
+            pad_equals_eos=pad_equals_eos,
+            row=seg.row,
+        )
+
+
+def label_property(ctx, relevant, *, what: str, spec: str):
+    """A property over a batch of conversations: the labels agree with the reference wherever
+    ``relevant`` says the difference is this check's business."""
+    tok = ctx.tokenizer()
+
+    def prop(convs):
+        if not fits(ctx, convs, tok):
+            return
+        compare_labels(ctx, convs, tok, ctx.collate(convs, tok), relevant, what=what, spec=spec)
+
+    return prop
+
+
+def end_tokens(ex) -> set[int]:
+    return {s.end_token for s in ex.turns if s.end_token is not None} | (
+        {s.stop - 1 for s in ex.turns}
+    )

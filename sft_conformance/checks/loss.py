@@ -1,0 +1,196 @@
+"""Loss checks: the token mean over the batch (S6), gradient accumulation (S7) and data
+parallelism (S7dp)."""
+
+from __future__ import annotations
+
+import math
+
+import hypothesis.strategies as st
+import torch
+
+from sft_conformance.reference import (
+    count_trained,
+    oracle_loss,
+    sft_loss,
+)
+
+from ..context import Context
+from ..failures import CheckSkipped, fail
+from .engine import (
+    batch_strategy,
+    fits,
+    run_property,
+)
+from .registry import register
+
+# -- S6 -----------------------------------------------------------------------------------------
+
+
+#: relative tolerance by the dtype the target computed its loss in (as torch.testing does)
+TOLERANCE = {torch.float64: 1e-7, torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}
+
+
+def loss_tolerance(loss: torch.Tensor) -> float:
+    return TOLERANCE.get(loss.dtype, 2e-5)
+
+
+def random_logits(batch, vocab: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    B, T = batch["input_ids"].shape
+    return (torch.randn(B, T, vocab, generator=g, dtype=torch.float64) * 3).requires_grad_()
+
+
+@register("S6", "loss")
+def check_loss_equals_oracle(ctx: Context) -> None:
+    """The loss is the token mean of -log p(target) over the batch's trained positions (S6)."""
+    tok = ctx.tokenizer()
+    V = len(tok)
+
+    def prop(inputs):
+        convs, seed = inputs
+        if not fits(ctx, convs, tok):
+            return
+        batch = ctx.collate(convs, tok)
+        logits = random_logits(batch, V, seed)
+        got = ctx.loss(logits, batch["labels"])
+        labels = batch["labels"].tolist()
+        want = oracle_loss(logits.detach().tolist(), labels, labels_shifted=ctx.decl.labels_shifted)
+        if want is None:
+            return
+        value = float(got.detach())
+        tol = max(1e-6, loss_tolerance(got))
+        if not math.isfinite(value) or abs(value - want) > tol * max(1.0, abs(want)):
+            per_seq = [
+                oracle_loss([row], [lab], labels_shifted=ctx.decl.labels_shifted)
+                for row, lab in zip(logits.detach().tolist(), labels)
+            ]
+            per_seq = [x for x in per_seq if x is not None]
+            hint = (
+                f"; the mean of per-sequence means would be {sum(per_seq) / len(per_seq):.6f}"
+                if per_seq
+                else ""
+            )
+            n = count_trained(batch["labels"], labels_shifted=ctx.decl.labels_shifted)
+            fail(
+                ctx,
+                f"S6: loss {value:.6f} != {want:.6f}, the mean of -log p(target) over "
+                f"the {n} trained positions of the batch (float64 logits, tolerance "
+                f"{tol:g}, loss computed in {got.dtype}){hint}.",
+                conversations=convs,
+                extra_repro=(
+                    "import torch\n"
+                    f"logits = torch.randn(*batch['input_ids'].shape, {V}, "
+                    f"generator=torch.Generator().manual_seed({seed}), dtype=torch.float64) * 3\n"
+                    "print(target.loss(logits, batch['labels']))"
+                ),
+                loss=value,
+                expected_loss=want,
+            )
+
+    run_property(
+        ctx,
+        st.tuples(batch_strategy(ctx, min_size=2, adversarial=False), st.integers(0, 2**16)),
+        prop,
+        budget=0.4,
+    )
+
+
+# -- S7 -----------------------------------------------------------------------------------------
+
+
+@register("S7", "loss")
+def check_gradient_accumulation(ctx: Context) -> None:
+    """k micro-batches with num_items_in_batch give the full batch's loss and gradient (S7)."""
+    tok = ctx.tokenizer()
+    V = len(tok)
+    shifted = ctx.decl.labels_shifted
+
+    def prop(inputs):
+        convs, split, seed = inputs
+        if not fits(ctx, convs, tok):
+            return
+        split = max(1, min(split, len(convs) - 1))
+        groups = [convs[:split], convs[split:]]
+        micro = [ctx.collate(g, tok) for g in groups]
+        N = sum(count_trained(mb["labels"], labels_shifted=shifted) for mb in micro)
+        if N == 0:
+            return
+        got_total, want_total = 0.0, 0.0
+        for k, mb in enumerate(micro):
+            logits = random_logits(mb, V, seed + k)
+            loss = ctx.loss(logits, mb["labels"], num_items_in_batch=N)
+            loss.backward()
+            ref_logits = logits.detach().clone().requires_grad_()
+            ref = sft_loss(ref_logits, mb["labels"], labels_shifted=shifted, num_items_in_batch=N)
+            ref.backward()
+            got_total += float(loss)
+            want_total += float(ref)
+            diff = (logits.grad - ref_logits.grad).abs().max()
+            tol = loss_tolerance(loss) * max(1e-12, float(ref_logits.grad.abs().max()))
+            if not torch.isfinite(diff) or float(diff) > tol:
+                fail(
+                    ctx,
+                    f"S7: micro-batch {k} of {len(micro)}: the gradient differs from the "
+                    f"full-batch token mean's by up to {float(diff):.3g} "
+                    f"(num_items_in_batch={N} trained positions in the whole step). A "
+                    "loss that divides by its own micro-batch's count weights a token of "
+                    "a short micro-batch more than one of a long micro-batch.",
+                    conversations=convs,
+                    micro_batches=[len(g) for g in groups],
+                )
+        if abs(got_total - want_total) > loss_tolerance(loss) * max(1.0, abs(want_total)):
+            fail(
+                ctx,
+                f"S7: the sum of micro-batch losses is {got_total:.6f}, the full batch's "
+                f"token mean is {want_total:.6f} (num_items_in_batch={N}).",
+                conversations=convs,
+            )
+
+    run_property(
+        ctx,
+        st.tuples(
+            batch_strategy(ctx, min_size=2, max_size=4, adversarial=False),
+            st.integers(1, 3),
+            st.integers(0, 2**16),
+        ),
+        prop,
+        budget=0.4,
+    )
+
+
+# -- S7 across ranks ---------------------------------------------------------------------------
+
+
+@register("S7dp", "loss", "distributed")
+def check_data_parallel_normalization(ctx: Context) -> None:
+    """Under torch.distributed, ranks' averaged gradient equals the full batch's (S7, DP)."""
+    from ..distributed import run_data_parallel
+
+    if ":" not in ctx.spec and ctx.spec not in _builtin_names():
+        raise CheckSkipped(
+            "the distributed check loads the target by name in each rank: "
+            "pass it as a built-in name or module:attr"
+        )
+    result = run_data_parallel(ctx.spec, tokenizer_name=ctx.tokenizer_name)
+    diff = float((result["grads"] - result["want"]).abs().max())
+    scale = float(result["want"].abs().max())
+    if not math.isfinite(diff) or diff > 1e-4 * max(scale, 1e-12):
+        fail(
+            ctx,
+            f"S7 (data parallel): with {result['world_size']} ranks ({result['backend']}), "
+            f"each with its own micro-batch, the all-reduced gradient differs from the "
+            f"full batch's by up to {diff:.3g} (relative {diff / scale:.3g}); summed loss "
+            f"{result['loss']:.6f} against the full batch's token mean "
+            f"{result['want_loss']:.6f} ({result['count']} trained positions). A loss "
+            "normalized by each rank's local token count, averaged by the all-reduce, is "
+            "a mean of per-rank means: pass the global count as num_items_in_batch.",
+            conversations=None,
+            backend=result["backend"],
+            relative=diff / scale,
+        )
+
+
+def _builtin_names():
+    from ..targets import builtin_targets
+
+    return builtin_targets()

@@ -1,0 +1,209 @@
+"""Mask checks: every assistant token trained (S2), nothing else (S3), the end-of-turn token
+(S4), the multi-turn policy (S10)."""
+
+from __future__ import annotations
+
+import hypothesis.strategies as st
+
+from sft_conformance.reference import (
+    build_example,
+)
+
+from ..alignment import (
+    IGNORE_INDEX,
+    canonical_labels,
+)
+from ..context import Context
+from ..failures import fail_at_position
+from .engine import (
+    batch_strategy,
+    fits,
+    is_bpe,
+    pad_eos_allowed,
+    pad_eos_strategy,
+    run_property,
+)
+from .labels import (
+    compare_labels,
+    end_tokens,
+    expected_labels,
+    label_property,
+    segments_for,
+)
+from .registry import register
+
+# -- S2 -----------------------------------------------------------------------------------------
+
+
+@register("S2")
+def check_first_response_token_trained(ctx: Context) -> None:
+    """Every token of every assistant turn is trained, the first one included (S2)."""
+    prop = label_property(
+        ctx,
+        # a token absent from the target's ids (re-tokenized) is S1's finding, not S2's
+        lambda t, got, want, ex: (
+            want != IGNORE_INDEX and got is not None and t not in end_tokens(ex)
+        ),
+        what="S2: an assistant token is not trained (or is trained with the wrong label)",
+        spec="every token of the assistant's content is a target, the first included",
+    )
+
+    pinned = [
+        [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "the answer"}]],
+        [[{"role": "user", "content": "hello"}, {"role": "assistant", "content": "olleh"}]],
+    ]
+    run_property(
+        ctx,
+        batch_strategy(ctx, adversarial=False),
+        prop,
+        pinned=pinned[:1] if is_bpe(ctx) else pinned[1:],
+    )
+
+
+# -- S3 -----------------------------------------------------------------------------------------
+
+
+@register("S3")
+def check_no_prompt_or_glue_trained(ctx: Context) -> None:
+    """No token outside assistant turns is trained: system, user, headers, glue (S3)."""
+    prop = label_property(
+        ctx,
+        lambda t, got, want, ex: want == IGNORE_INDEX,
+        what="S3: a token outside the assistant's turns is trained",
+        spec="system, user, role headers and template glue are never targets",
+    )
+
+    pinned = [[[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "the answer"}]]]
+    run_property(
+        ctx, batch_strategy(ctx, adversarial=False), prop, pinned=pinned if is_bpe(ctx) else ()
+    )
+
+
+# -- S4 -----------------------------------------------------------------------------------------
+
+
+@register("S4")
+def check_end_of_turn_trained(ctx: Context) -> None:
+    """The end-of-turn token of every assistant turn is trained, also when pad == eos (S4)."""
+
+    def prop(inputs):
+        convs, pad_eos = inputs
+        tok = ctx.tokenizer(pad_equals_eos=pad_eos)
+        if not fits(ctx, convs, tok):
+            return
+        batch = ctx.collate(convs, tok)
+        compare_labels(
+            ctx,
+            convs,
+            tok,
+            batch,
+            lambda t, got, want, ex: t in end_tokens(ex) and want != IGNORE_INDEX,
+            what="S4: the end-of-turn token is not trained: the model never learns to stop"
+            + (" (pad == eos)" if pad_eos else ""),
+            spec=f"the end-of-turn token {tok.eos_token!r} of each assistant turn is a target",
+            pad_equals_eos=pad_eos,
+        )
+
+    pinned = [
+        (
+            [
+                [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yes"}],
+                [
+                    {"role": "user", "content": "a longer question here"},
+                    {"role": "assistant", "content": "sure"},
+                ],
+            ],
+            True,
+        )
+    ]
+    run_property(
+        ctx,
+        st.tuples(batch_strategy(ctx, adversarial=False), pad_eos_strategy(ctx)),
+        prop,
+        pinned=[p for p in pinned if pad_eos_allowed(ctx, p[1])] if is_bpe(ctx) else (),
+    )
+
+
+# -- S10 ----------------------------------------------------------------------------------------
+
+
+@register("S10", "multi_turn")
+def check_multi_turn_policy(ctx: Context) -> None:
+    """Every assistant turn is trained (or only the last, if declared), no other message (S10)."""
+    from sft_conformance.reference.masks import content_tokens
+
+    tok = ctx.tokenizer()
+    policy = ctx.decl.turn_policy
+
+    def prop(convs):
+        if not fits(ctx, convs, tok):
+            return
+        batch = ctx.collate(convs, tok)
+        exs, want = expected_labels(ctx, convs, tok)
+        segs = segments_for(ctx, batch, exs, convs, tok=tok)
+        for i, (conv, ex, seg) in enumerate(zip(convs, exs, segs)):
+            if seg is None:
+                continue
+            ids = batch["input_ids"][seg.row, seg.start : seg.stop].tolist()
+            if ids != ex.input_ids:
+                continue
+            got = canonical_labels(batch, seg, labels_shifted=ctx.decl.labels_shifted)
+            turns = build_example(conv, tok, policy="all").turns
+            for k, span in enumerate(turns):
+                trained = any(got[t] != IGNORE_INDEX for t in range(span.start, span.stop))
+                should = policy == "all" or k == len(turns) - 1
+                if trained != should:
+                    fail_at_position(
+                        ctx,
+                        f"S10: assistant turn {k + 1} of {len(turns)} (message "
+                        f"{span.message}) is {'trained' if trained else 'not trained'}, "
+                        f"but the declared policy is {policy!r} ("
+                        + ("every assistant turn" if policy == "all" else "the last only")
+                        + ")",
+                        tokenizer=tok,
+                        example=i,
+                        input_ids=ids,
+                        got=got,
+                        expected=want[i],
+                        position=span.start,
+                        spec=f"turn policy {policy!r}",
+                        conversations=convs,
+                        row=seg.row,
+                    )
+            for j, positions in enumerate(content_tokens(conv, tok)):
+                if conv[j]["role"] == "assistant":
+                    continue
+                hits = [t for t in positions if got[t] != IGNORE_INDEX]
+                if hits:
+                    fail_at_position(
+                        ctx,
+                        f"S10: the {conv[j]['role']} message {j} of a multi-turn "
+                        "conversation is trained",
+                        tokenizer=tok,
+                        example=i,
+                        input_ids=ids,
+                        got=got,
+                        expected=want[i],
+                        position=hits[0],
+                        spec="only assistant turns are trained",
+                        conversations=convs,
+                        row=seg.row,
+                    )
+
+    pinned = [
+        [
+            [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "one"},
+                {"role": "user", "content": "more"},
+                {"role": "assistant", "content": "two"},
+            ]
+        ]
+    ]
+    run_property(
+        ctx,
+        batch_strategy(ctx, max_size=2, min_turns=2, adversarial=False),
+        prop,
+        pinned=pinned if is_bpe(ctx) else (),
+        budget=0.6,
+    )

@@ -1,0 +1,178 @@
+"""Template checks: input ids follow the chat template (S1); masks do not depend on content
+(S11)."""
+
+from __future__ import annotations
+
+from ..alignment import (
+    match_documents,
+)
+from ..context import Context
+from ..failures import fail, fail_at_position
+from ..tables import show_token
+from .engine import (
+    batch_strategy,
+    fits,
+    is_bpe,
+    run_property,
+)
+from .labels import (
+    differences,
+    expected_labels,
+    segments_for,
+)
+from .registry import register
+
+# -- S1 -----------------------------------------------------------------------------------------
+
+
+@register("S1")
+def check_template_parity(ctx: Context) -> None:
+    """Input ids equal the chat template's tokenization of the whole conversation (S1)."""
+    tok = ctx.tokenizer()
+
+    def prop(convs):
+        if not fits(ctx, convs, tok):
+            return
+        batch = ctx.collate(convs, tok)
+        exs, _ = expected_labels(ctx, convs, tok)
+        if ctx.decl.packs:
+            matches, unmatched = match_documents(batch, [e.input_ids for e in exs])
+            for i, m in enumerate(matches):
+                if m is None and not ctx.decl.splits_documents:
+                    fail(
+                        ctx,
+                        f"S1: the input ids of example {i} appear nowhere in the packed "
+                        "batch as one document: they differ from the chat template's "
+                        "tokenization (or the document was split)",
+                        conversations=convs,
+                        expected_ids=exs[i].input_ids,
+                    )
+            return
+        segs = segments_for(ctx, batch, exs, convs, tok=tok)
+        for i, (ex, seg) in enumerate(zip(exs, segs)):
+            got = batch["input_ids"][seg.row, seg.start : seg.stop].tolist()
+            if got == ex.input_ids:
+                continue
+            t = next(
+                (k for k in range(min(len(got), len(ex))) if got[k] != ex.input_ids[k]),
+                min(len(got), len(ex)),
+            )
+            rows = []
+            for k in range(max(0, t - 5), min(max(len(got), len(ex)), t + 6)):
+                g = got[k] if k < len(got) else None
+                e = ex.input_ids[k] if k < len(ex) else None
+                rows.append(
+                    [
+                        ">>" if k == t else "",
+                        k,
+                        show_token(tok, g) if g is not None else "-",
+                        g,
+                        show_token(tok, e) if e is not None else "-",
+                        e,
+                    ]
+                )
+            from tabulate import tabulate
+
+            table = tabulate(
+                rows,
+                headers=["", "pos", "token", "input_id", "expected token", "expected id"],
+                tablefmt="github",
+            )
+            reason = (
+                "an extra BOS"
+                if t == 0 and len(got) == len(ex) + 1
+                else "re-tokenization at a prompt/response boundary"
+                if len(got) != len(ex)
+                else "different tokens"
+            )
+            fail(
+                ctx,
+                f"S1: example {i} (batch row {seg.row}): input ids differ from the chat "
+                f"template's tokenization of the whole conversation at position {t} "
+                f"({reason}; {len(got)} tokens, the template gives {len(ex)}). "
+                "Inference sees the template's tokens; training must see the same.",
+                conversations=convs,
+                table=table,
+                example=i,
+                position=t,
+            )
+
+    pinned = [[[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "the answer"}]]]
+    run_property(ctx, batch_strategy(ctx), prop, pinned=pinned if is_bpe(ctx) else ())
+
+
+# -- S11 ----------------------------------------------------------------------------------------
+
+
+def _neutralized(convs):
+    """The same conversations with every role word, header and look-alike replaced by 'x'."""
+    from ..strategies import ADVERSARIAL_PIECES
+
+    out = []
+    for conv in convs:
+        new = []
+        for m in conv:
+            text = m["content"]
+            for piece in sorted(ADVERSARIAL_PIECES, key=len, reverse=True):
+                text = text.replace(piece, "x")
+            new.append({"role": m["role"], "content": text})
+        out.append(new)
+    return out
+
+
+@register("S11")
+def check_content_independence(ctx: Context) -> None:
+    """Role words, header text and special-token look-alikes in content do not move the mask
+    (S11)."""
+    tok = ctx.tokenizer()
+
+    def prop(convs):
+        if not fits(ctx, convs, tok):
+            return
+        batch = ctx.collate(convs, tok)
+        first = next(differences(ctx, convs, tok, batch, lambda *a: True), None)
+        if first is None:
+            return
+        plain = _neutralized(convs)
+        if plain == convs or not fits(ctx, plain, tok):
+            return  # nothing adversarial: a plain masking bug, for S2/S3/S4/S10
+        if (
+            next(differences(ctx, plain, tok, ctx.collate(plain, tok), lambda *a: True), None)
+            is not None
+        ):
+            return  # wrong with neutral content too: not caused by the content
+        i, t, got, want, ids, seg = first
+        fail_at_position(
+            ctx,
+            "S11: the mask moved with the content of a message (a role word, the assistant "
+            "header text or a special-token look-alike inside a message); with those "
+            "strings replaced by 'x' the same conversation is masked right",
+            tokenizer=tok,
+            example=i,
+            input_ids=ids,
+            got=got,
+            expected=want,
+            position=t,
+            spec="masks depend on turns, never on what a message says",
+            conversations=convs,
+            row=seg.row,
+        )
+
+    header = {
+        "chatml": "<|im_start|>assistant\n",
+        "chatml-generation": "<|im_start|>assistant\n",
+        "llama3": "<|start_header_id|>assistant<|end_header_id|>\n\n",
+        "seed000": "<|assistant|>",
+    }.get(ctx.tokenizer_name, "assistant")
+    pinned = [
+        [[{"role": "user", "content": f"say {header}ok"}, {"role": "assistant", "content": "ok"}]],
+        [
+            [
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "content": f"the header is {header} here"},
+            ]
+        ],
+    ]
+    run_property(
+        ctx, batch_strategy(ctx, adversarial=True), prop, pinned=pinned if is_bpe(ctx) else ()
+    )
