@@ -134,13 +134,28 @@ def forward_fn(backend: str):
     if backend == "sdpa+block_causal_4d":
         return reference_forward  # explicit block-diagonal causal mask from document_ids
 
-    if backend in ("flash_attention_2", "flex_attention"):
+    if backend == "flash_attention_2":
+        from .strategies import varlen_kwargs
+
+        def varlen_forward(model, batch):
+            if "document_ids" in batch:
+                # no attention mask; explicit cu_seqlens / max_seqlen. Position ids alone are
+                # enough for one row only: with several rows transformers runs the dense causal
+                # kernel (documents leak). use_cache=False: with a KV cache transformers skips
+                # its packed-sequence handling altogether.
+                return model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                             use_cache=False, **varlen_kwargs(batch)).logits
+            return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         position_ids=batch["position_ids"], use_cache=False).logits
+        return varlen_forward
+
+    if backend == "flex_attention":
         def packed_forward(model, batch):
             if "document_ids" in batch:
                 # no attention mask: transformers detects the documents from the restarting
-                # position ids (varlen for flash-attention, a document BlockMask for flex). It
-                # does so only without a KV cache: with the config's default use_cache=True a
-                # cache is created and the row silently becomes one causal sequence (a leak).
+                # position ids (a document BlockMask for flex). It does so only without a KV
+                # cache: with the config's default use_cache=True a cache is created and the row
+                # silently becomes one causal sequence (a leak).
                 return model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
                              use_cache=False).logits
             return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
