@@ -268,15 +268,22 @@ def _run(cfg: BenchConfig, *, progress: bool, command: str | None) -> dict:
     return results
 
 
-def _activate(model, backend: str, attention: dict):
-    """Switch the model's attention implementation when the flattened layouts need another."""
+def _activate(model, backend: str, attention: dict, compile: bool | None = None):
+    """Switch the model's attention implementation when the flattened layouts need another.
+
+    FlexAttention runs through the benchmark's own registered function (``bench.flex``): the
+    document mask comes from ``document_ids`` and ``compile`` (default: on CUDA only) decides
+    between the compiled kernel and eager ``flex_attention``.
+    """
     if backend == "flex_attention":
+        from .flex import register
+
         try:
-            model.set_attn_implementation("flex_attention")
-        except Exception as exc:  # an older transformers or a model without flex support
+            model.set_attn_implementation(register())
+        except Exception as exc:  # an older transformers or a model without custom attention
             attention["fallback"] = f"flex_attention unavailable ({exc}); sdpa + 4D mask"
             backend = "sdpa+block_causal_4d"
-    return backend, forward_fn(backend)
+    return backend, forward_fn(backend, compile=compile)
 
 
 def _throughput(entry, timing, batches, shape, ceiling, dev) -> dict:

@@ -1,10 +1,15 @@
 """The benchmark's CUDA paths, exercised on a CPU (no GPU has ever run them).
 
-* CUDA-event timing: the clock code runs against fake events and a fake synchronize.
+* FlexAttention document masks: eager ``flex_attention`` on CPU (forward only: PyTorch has no
+  FlexAttention backward on CPU) gives the per-token losses of the sdpa block-causal path and of
+  each document run alone; the compile switch reaches the kernel and ``create_block_mask``.
 * flash-attention varlen: the ``cu_seqlens`` / ``max_seqlen`` / position ids fed to
   ``flash_attention_2`` agree with the reference packer and with what transformers would infer,
   and transformers' real dispatch (``_flash_attention_forward``) run with an sdpa stand-in for
   the kernel keeps documents apart with them, and does not without them on a batch of rows.
+* CUDA-event timing: the clock code runs against fake events and a fake synchronize.
+
+What none of this proves: kernel numerics in bf16 on a GPU, the compiled kernels, and any speed.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from sft_conformance.bench import timing
+from sft_conformance.bench import flex, timing
 from sft_conformance.bench.models import forward_fn
 from sft_conformance.bench.strategies import flatten_rows, make_batches, varlen_kwargs
 from sft_conformance.reference.loss import per_token_nll
@@ -61,6 +66,96 @@ def _alone(model, batch) -> torch.Tensor:
             logits = model(input_ids=ids, use_cache=False).logits
             out[r, s:e - 1] = per_token_nll(logits, batch["labels"][r:r + 1, s:e])[0]
     return out
+
+
+# --- FlexAttention ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("strategy", ["packed", "padding_free"])
+def test_flex_document_mask_eager_on_cpu_matches_sdpa_and_documents_alone(
+        model, examples, chatml, strategy, monkeypatch):
+    from sft_conformance.bench.runner import _activate
+
+    batch = _batches(examples, chatml)[strategy]
+    keep = batch["labels"][:, 1:] != -100
+    with torch.no_grad():
+        block_causal = per_token_nll(forward_fn("sdpa+block_causal_4d")(model, batch),
+                                     batch["labels"])
+    alone = _alone(model, batch)
+    assert (block_causal - alone)[keep].abs().max() < ATOL  # the sdpa reference itself
+
+    used = []
+    kernel = flex.flex_kernel
+    monkeypatch.setattr(flex, "flex_kernel", lambda compile: used.append(compile) or
+                        kernel(compile))
+    attention = {}
+    backend, fwd = _activate(model, "flex_attention", attention)  # what the runner does
+    assert backend == "flex_attention" and "fallback" not in attention
+    assert model.config._attn_implementation == flex.ATTN_NAME
+    with torch.no_grad():
+        nll = per_token_nll(fwd(model, batch), batch["labels"])
+    assert used and set(used) == {False}  # FlexAttention ran, eagerly (CPU default)
+    assert (nll - block_causal)[keep].abs().max() < ATOL
+    assert (nll - alone)[keep].abs().max() < ATOL
+
+    # the mask is what keeps documents apart: one "document" per row leaks, visibly
+    leaky = {k: v for k, v in batch.items() if k != "document_ids"}
+    leaky["document_ids"] = torch.where(batch["attention_mask"].bool(), 0, -1)
+    with torch.no_grad():
+        leak = per_token_nll(fwd(model, leaky), batch["labels"])
+    assert (leak - alone)[keep].abs().max() > 1e-2
+
+
+def test_flex_isolation_check_of_the_runner(model, examples, chatml):
+    """The runner's own isolation check (packed row vs documents alone, leak control) on flex."""
+    from sft_conformance.bench.runner import _activate, isolation_check
+
+    batch = _batches(examples, chatml)["packed"]
+    _, fwd = _activate(model, "flex_attention", {})
+    result = isolation_check(model, batch, fwd, forward_fn("sdpa"), atol=1e-3)
+    assert result["passed"] and result["distinguishes_leak"], result
+    assert result["documents_in_row"] >= 2
+
+
+def test_flex_compile_switch_reaches_mask_and_kernel(model, examples, chatml, monkeypatch):
+    """compile=True (the CUDA default) asks for the compiled kernel and a compiled mask build;
+    both are swapped for their eager versions here, so only the plumbing is checked."""
+    assert flex.default_compile("cuda") and flex.default_compile(torch.device("cuda", 0))
+    assert not flex.default_compile("cpu")
+    asked = {"kernel": [], "mask": []}
+    kernel, create = flex.flex_kernel, flex.create_block_mask
+
+    def fake_kernel(compile):
+        asked["kernel"].append(compile)
+        return kernel(False)
+
+    def fake_create(*args, _compile=False, **kwargs):
+        asked["mask"].append((_compile, str(kwargs["device"])))
+        return create(*args, _compile=False, **kwargs)
+
+    monkeypatch.setattr(flex, "flex_kernel", fake_kernel)
+    monkeypatch.setattr(flex, "create_block_mask", fake_create)
+    model.set_attn_implementation(flex.register())
+    batch = _batches(examples, chatml)["packed"]
+    with torch.no_grad():
+        forward_fn("flex_attention", compile=True)(model, batch)
+        forward_fn("flex_attention")(model, batch)
+    layers = model.config.num_hidden_layers
+    assert asked["kernel"] == [True] * layers + [False] * layers
+    assert asked["mask"] == [(True, "cpu"), (False, "cpu")]
+
+
+def test_flex_without_block_mask_goes_to_sdpa(model, examples, chatml):
+    """A padded row under the flex implementation (2D mask) runs sdpa, not unmasked flex."""
+    batch = make_batches("dynamic", examples, pad_token_id=chatml.pad_token_id, max_length=256,
+                         batch_size=4)[0]
+    with torch.no_grad():
+        ref = forward_fn("sdpa")(model, batch)
+        model.set_attn_implementation(flex.register())
+        ours = forward_fn("sdpa")(model, batch)
+        flexed = forward_fn("flex_attention")(model, batch)  # one document per row, BlockMask
+    real = batch["attention_mask"].bool()
+    assert (ours - ref)[real].abs().max() < ATOL
+    assert (flexed - ref)[real].abs().max() < ATOL
 
 
 # --- flash-attention varlen arguments --------------------------------------------------------
