@@ -17,6 +17,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+
 from sft_conformance.bench import flex, timing
 from sft_conformance.bench.models import forward_fn
 from sft_conformance.bench.strategies import flatten_rows, make_batches, varlen_kwargs
