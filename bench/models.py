@@ -111,16 +111,17 @@ def choose_attention(device: str) -> dict:
     """The attention implementation of the padded runs and of the packed / padding-free runs.
 
     On CUDA: flash-attention 2 varlen when ``flash_attn`` imports (padding skipped through
-    unpadding, documents kept apart from ``position_ids``); otherwise FlexAttention document masks
-    (``flex_attention``, which skips fully masked blocks) for the flattened layouts, falling back to
-    sdpa with an explicit 4D block-causal mask. On CPU: sdpa, flattened layouts with the explicit
-    block-causal mask (isolation holds; cross-document work is masked, not skipped).
+    unpadding, documents kept apart by explicit ``cu_seqlens``); otherwise FlexAttention document
+    masks (``flex_attention``, which skips fully masked blocks; ``bench.flex``) for the flattened
+    layouts, falling back to sdpa with an explicit 4D block-causal mask. On CPU: sdpa, flattened
+    layouts with the explicit block-causal mask (isolation holds; cross-document work is masked,
+    not skipped).
     """
     if device.startswith("cuda"):
         if flash_attn_available():
             return {"padded": "flash_attention_2", "flattened": "flash_attention_2",
                     "skips_cross_document": True,
-                    "why": "flash_attn installed: varlen kernels from position_ids"}
+                    "why": "flash_attn installed: varlen kernels, explicit cu_seqlens"}
         return {"padded": "sdpa", "flattened": "flex_attention", "skips_cross_document": True,
                 "why": "flash_attn not installed: FlexAttention document mask (block-sparse)"}
     return {"padded": "sdpa", "flattened": "sdpa+block_causal_4d", "skips_cross_document": False,
