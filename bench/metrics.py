@@ -1,4 +1,4 @@
-"""Measurements: device description, matmul ceiling, step timers, FLOPs and MFU, memory.
+"""Measurements: device description, matmul ceiling, FLOPs and MFU, memory (clocks: timing.py).
 
 FLOPs of one training step (forward + backward), counted on real tokens only, per document of
 ``n`` tokens: ``6 * N * n + 6 * L * d * n**2`` where ``N`` is the number of parameters that take
@@ -13,10 +13,10 @@ from __future__ import annotations
 import os
 import platform
 import resource
-import statistics
-import time
 
 import torch
+
+from .timing import summarize, time_steps  # noqa: F401  (summarize: re-exported)
 
 FLOPS_FORMULA = ("6*N*n + 6*L*d*n^2 per document of n real tokens (N = matmul parameters: all but "
                  "the input embedding, output projection counted once; L layers; d hidden size; "
@@ -55,80 +55,15 @@ def device_info(device: str) -> dict:
                            "matmul ceiling only"}
 
 
-def synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(device)
-
-
 def matmul_ceiling(device: str, dtype: torch.dtype, *, size: int | None = None,
                    iters: int = 10) -> dict:
     """Achieved FLOP/s of a square matmul in this run, the practical ceiling for MFU."""
     size = size or (8192 if device.startswith("cuda") else 768)
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    times = []
-    for _ in range(iters):
-        with StepTimer(device) as t:
-            a @ b
-        times.append(t.elapsed())
-    sec = statistics.median(times)
+    sec = time_steps(lambda: a @ b, device, repeats=iters, warmup=3)["median"]
     return {"flops": 2 * size ** 3 / sec, "size": size, "dtype": str(dtype).replace("torch.", ""),
             "median_s": sec, "iters": iters}
-
-
-class StepTimer:
-    """Wall time on CPU; CUDA events on GPU, read only after a synchronize."""
-
-    def __init__(self, device: str):
-        self.cuda = device.startswith("cuda")
-        self.device = device
-
-    def __enter__(self):
-        if self.cuda:
-            synchronize(self.device)
-            self.start, self.end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
-            self.start.record()
-        else:
-            self.t0 = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        if self.cuda:
-            self.end.record()
-        else:
-            self.t1 = time.perf_counter()
-
-    def elapsed(self) -> float:
-        if self.cuda:
-            synchronize(self.device)
-            return self.start.elapsed_time(self.end) / 1e3
-        return self.t1 - self.t0
-
-
-class Marks:
-    """Points in time of one step (start, after backward, after optimizer) without syncing."""
-
-    def __init__(self, device: str):
-        self.cuda = device.startswith("cuda")
-        self.device = device
-        self.points = []
-
-    def mark(self):
-        if self.cuda:
-            e = torch.cuda.Event(enable_timing=True)
-            e.record()
-            self.points.append(e)
-        else:
-            self.points.append(time.perf_counter())
-
-    def intervals(self) -> list[float]:
-        """Seconds between consecutive marks; synchronizes once on CUDA."""
-        if self.cuda:
-            synchronize(self.device)
-            return [a.elapsed_time(b) / 1e3 for a, b in zip(self.points, self.points[1:])]
-        return [b - a for a, b in zip(self.points, self.points[1:])]
 
 
 def step_flops(doc_lengths, shape: dict) -> float:
@@ -151,10 +86,3 @@ def memory(device: str) -> dict:
     return {"peak_allocated_mb": None, "peak_reserved_mb": None, "process_max_rss_mb": rss,
             "memory_note": "CPU: no allocator statistics; process max RSS is cumulative over "
                            "the run, not per strategy"}
-
-
-def summarize(values) -> dict:
-    xs = sorted(values)
-    return {"median": statistics.median(xs), "min": xs[0], "max": xs[-1],
-            "spread_pct": 100 * (xs[-1] - xs[0]) / statistics.median(xs) if xs[0] else 0.0,
-            "n": len(xs)}

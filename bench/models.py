@@ -111,38 +111,62 @@ def choose_attention(device: str) -> dict:
     """The attention implementation of the padded runs and of the packed / padding-free runs.
 
     On CUDA: flash-attention 2 varlen when ``flash_attn`` imports (padding skipped through
-    unpadding, documents kept apart from ``position_ids``); otherwise FlexAttention document masks
-    (``flex_attention``, which skips fully masked blocks) for the flattened layouts, falling back to
-    sdpa with an explicit 4D block-causal mask. On CPU: sdpa, flattened layouts with the explicit
-    block-causal mask (isolation holds; cross-document work is masked, not skipped).
+    unpadding, documents kept apart by explicit ``cu_seqlens``); otherwise FlexAttention document
+    masks (``flex_attention``, which skips fully masked blocks; ``bench.flex``) for the flattened
+    layouts, falling back to sdpa with an explicit 4D block-causal mask. On CPU: sdpa, flattened
+    layouts with the explicit block-causal mask (isolation holds; cross-document work is masked,
+    not skipped).
     """
     if device.startswith("cuda"):
         if flash_attn_available():
             return {"padded": "flash_attention_2", "flattened": "flash_attention_2",
                     "skips_cross_document": True,
-                    "why": "flash_attn installed: varlen kernels from position_ids"}
+                    "why": "flash_attn installed: varlen kernels, explicit cu_seqlens"}
         return {"padded": "sdpa", "flattened": "flex_attention", "skips_cross_document": True,
                 "why": "flash_attn not installed: FlexAttention document mask (block-sparse)"}
     return {"padded": "sdpa", "flattened": "sdpa+block_causal_4d", "skips_cross_document": False,
             "why": "CPU: sdpa with an explicit 4D block-causal mask (dense; masked, not skipped)"}
 
 
-def forward_fn(backend: str):
-    """How a batch is fed to the model for a given attention backend; returns a callable."""
+def forward_fn(backend: str, *, compile: bool | None = None):
+    """How a batch is fed to the model for a given attention backend; returns a callable.
+
+    ``flex_attention``: the model must run :data:`bench.flex.ATTN_NAME` (``bench.flex.register``
+    and ``model.set_attn_implementation``); the document ``BlockMask`` is built on the batch's
+    device from ``document_ids``, and ``compile`` (default: on CUDA only) picks the compiled
+    kernel or eager ``flex_attention``. ``flash_attention_2``: flattened batches carry explicit
+    varlen arguments (:func:`bench.strategies.varlen_kwargs`).
+    """
     from sft_conformance.reference.accumulation import forward as reference_forward
 
     if backend == "sdpa+block_causal_4d":
         return reference_forward  # explicit block-diagonal causal mask from document_ids
 
-    if backend in ("flash_attention_2", "flex_attention"):
+    if backend == "flex_attention":
+        from .flex import default_compile, document_block_mask
+
+        def flex_forward(model, batch):
+            ids = batch["input_ids"]
+            docs = batch.get("document_ids")
+            if docs is None:  # a padded row: one document per row, padding apart
+                docs = torch.where(batch["attention_mask"].bool(), 0, -1)
+            on = default_compile(ids.device) if compile is None else compile
+            mask = document_block_mask(docs, device=ids.device, compile=on)
+            return model(input_ids=ids, position_ids=batch["position_ids"], attention_mask=mask,
+                         use_cache=False, flex_compile=on).logits
+        return flex_forward
+
+    if backend == "flash_attention_2":
+        from .strategies import varlen_kwargs
+
         def packed_forward(model, batch):
             if "document_ids" in batch:
-                # no attention mask: transformers detects the documents from the restarting
-                # position ids (varlen for flash-attention, a document BlockMask for flex). It
-                # does so only without a KV cache: with the config's default use_cache=True a
-                # cache is created and the row silently becomes one causal sequence (a leak).
+                # no attention mask; explicit cu_seqlens / max_seqlen. Position ids alone are
+                # enough for one row only: with several rows transformers runs the dense causal
+                # kernel (documents leak). use_cache=False: with a KV cache transformers skips
+                # its packed-sequence handling altogether.
                 return model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                             use_cache=False).logits
+                             use_cache=False, **varlen_kwargs(batch)).logits
             return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                          position_ids=batch["position_ids"], use_cache=False).logits
         return packed_forward

@@ -22,6 +22,7 @@ from .data import PROFILES, BenchData, generate_conversations, length_stats, loa
 from .models import build_model, choose_attention, forward_fn, model_shape
 from .presets import BenchConfig
 from .strategies import FLATTENED, STRATEGIES, epoch_counts, make_batches
+from .timing import Marks, synchronize
 
 PARITY_RTOL = {"float32": 1e-4, "bfloat16": 1e-2}
 ISOLATION_ATOL = {"float32": 1e-3, "bfloat16": 0.1}  # max |delta per-token NLL|
@@ -124,12 +125,12 @@ def train_epochs(model, batches, fwd, cfg: BenchConfig, device: str, bar) -> dic
         opt.step()
         opt.zero_grad(set_to_none=True)
         bar.update(1)
-    metrics.synchronize(device)
+    synchronize(device)
     metrics.reset_memory(device)
     epochs, fb, op = [], [], []
     for _ in range(cfg.repeats):
-        marks = metrics.Marks(device)
-        metrics.synchronize(device)
+        marks = Marks(device)
+        synchronize(device)
         for b in batches:
             marks.mark()
             sft_loss(fwd(model, b), b["labels"]).backward()
@@ -267,15 +268,22 @@ def _run(cfg: BenchConfig, *, progress: bool, command: str | None) -> dict:
     return results
 
 
-def _activate(model, backend: str, attention: dict):
-    """Switch the model's attention implementation when the flattened layouts need another."""
+def _activate(model, backend: str, attention: dict, compile: bool | None = None):
+    """Switch the model's attention implementation when the flattened layouts need another.
+
+    FlexAttention runs through the benchmark's own registered function (``bench.flex``): the
+    document mask comes from ``document_ids`` and ``compile`` (default: on CUDA only) decides
+    between the compiled kernel and eager ``flex_attention``.
+    """
     if backend == "flex_attention":
+        from .flex import register
+
         try:
-            model.set_attn_implementation("flex_attention")
-        except Exception as exc:  # an older transformers or a model without flex support
+            model.set_attn_implementation(register())
+        except Exception as exc:  # an older transformers or a model without custom attention
             attention["fallback"] = f"flex_attention unavailable ({exc}); sdpa + 4D mask"
             backend = "sdpa+block_causal_4d"
-    return backend, forward_fn(backend)
+    return backend, forward_fn(backend, compile=compile)
 
 
 def _throughput(entry, timing, batches, shape, ceiling, dev) -> dict:

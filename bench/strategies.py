@@ -89,6 +89,30 @@ def flatten_rows(rows: Sequence[Sequence[Example]], pad_token_id: int,
     return batch
 
 
+def varlen_kwargs(batch: dict) -> dict:
+    """The flash-attention varlen arguments of a flattened batch, in the kernel's layout.
+
+    The kernel sees the (B, T) batch flattened to B x T tokens, so the boundaries cover every slot:
+    each document is a sequence and each padding position a sequence of one token (what
+    transformers infers from restarting position ids for a single row). ``cu_seqlens`` is int32,
+    starts at 0 and ends at B x T; ``max_seqlen`` is the longest document, a Python int (one
+    device sync per forward; transformers' own inference syncs in every layer). The batch's own
+    ``cu_seqlens`` count real tokens only and equal these when there is no padding.
+    transformers infers the boundaries itself only for one row (``_is_packed_sequence`` needs
+    batch size 1); with several rows and no explicit arguments it runs the dense causal kernel
+    over each row, and documents attend to each other.
+    """
+    doc_ids = batch["document_ids"]
+    starts = torch.ones_like(doc_ids, dtype=torch.bool)  # column 0: every row starts a sequence
+    starts[:, 1:] = (doc_ids[:, 1:] != doc_ids[:, :-1]) | (doc_ids[:, 1:] < 0)
+    starts = starts.reshape(-1)
+    cu = torch.cat([starts.nonzero().flatten(),
+                    torch.tensor([starts.numel()], device=starts.device)]).to(torch.int32)
+    longest = int(cu.diff().max())
+    return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest,
+            "max_length_k": longest}
+
+
 def _padded(examples: Sequence[Example], pad_token_id: int, width: int | None = None) -> dict:
     batch = pad_examples(examples, pad_token_id)
     if width is not None and batch["input_ids"].shape[1] < width:

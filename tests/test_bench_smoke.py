@@ -161,8 +161,9 @@ def test_flatten_rows_matches_reference_packing(chatml):
 
 
 def test_position_ids_only_feed_keeps_documents_apart(chatml, tiny):
-    """The CUDA feed of packed rows (no mask, documents from restarting position ids, as used for
-    flash-attention varlen and FlexAttention) isolates documents; checked here on sdpa/CPU.
+    """The flash-attention feed of a packed row (no mask, restarting position ids; explicit
+    varlen arguments too, which sdpa ignores) isolates documents; checked here on sdpa/CPU, and
+    against transformers' flash dispatch in test_bench_gpu_paths.py.
 
     Without ``use_cache=False`` transformers 5.23 creates a KV cache, skips its packed-sequence
     detection and the row leaks across documents: this test failed before the fix."""
