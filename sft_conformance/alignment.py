@@ -142,3 +142,71 @@ def match_documents(batch: dict, expected_ids: list[list[int]]):
             if matches[i] is not None:
                 break
     return matches, unmatched
+
+
+def _find_run(rows: list[list[int]], ids: list[int], taken: set) -> Segment | None:
+    n = len(ids)
+    if not n:
+        return None
+    first = ids[0]
+    for r, row in enumerate(rows):
+        for s in range(len(row) - n + 1):
+            if row[s] == first and row[s:s + n] == ids and not any(
+                    (r, t) in taken for t in range(s, s + n)):
+                return Segment(r, s, s + n)
+    return None
+
+
+def locate_examples(batch: dict, expected_ids: list[list[int]], *, pad_id: int | None,
+                    droppable_tail: list[bool] | None = None) -> list[Segment | None]:
+    """Where each example sits in the batch, found by its ids (never by row order, never by the
+    attention mask): a contiguous run of the example's ids in any row, packed or not.
+
+    ``droppable_tail[i]`` says that example ``i``'s last token is untrained template glue (the
+    newline after the last end token) that a target may leave out: then the run without it
+    counts. Examples found nowhere are paired, in order, with rows that hold no found example
+    (their extent from the attention mask, else without the pad tokens at either end), so the
+    checks can still show what differs; an example with no such row gets None.
+    """
+    rows = batch["input_ids"].tolist()
+    order = sorted(range(len(expected_ids)), key=lambda i: -len(expected_ids[i]))
+    taken: set = set()
+    found: list[Segment | None] = [None] * len(expected_ids)
+    for i in order:
+        ids = list(expected_ids[i])
+        seg = _find_run(rows, ids, taken)
+        if seg is None and droppable_tail and droppable_tail[i] and len(ids) > 1:
+            seg = _find_run(rows, ids[:-1], taken)
+        if seg is not None:
+            found[i] = seg
+            taken.update((seg.row, t) for t in range(seg.start, seg.stop))
+    used_rows = {s.row for s in found if s is not None}
+    free_rows = [r for r in range(len(rows)) if r not in used_rows]
+    mask = batch.get("attention_mask")
+    for i in range(len(expected_ids)):
+        if found[i] is not None or not free_rows:
+            continue
+        r = free_rows.pop(0)
+        if mask is not None and bool(mask[r].any()):
+            idx = torch.nonzero(mask[r], as_tuple=False).flatten()
+            start, stop = int(idx[0]), int(idx[-1]) + 1
+        else:
+            start, stop = 0, len(rows[r])
+            while pad_id is not None and start < stop and rows[r][start] == pad_id:
+                start += 1
+            # trailing pads (with pad == eos, keep as many as the example may end with)
+            keep = len(expected_ids[i])
+            while (pad_id is not None and stop > start + keep and rows[r][stop - 1] == pad_id):
+                stop -= 1
+        found[i] = Segment(r, start, stop)
+    return found
+
+
+def packed_rows(segments: list[Segment | None]) -> list[int]:
+    """Rows that hold two or more of the located examples: the batch is packed there, whether
+    or not the target declares it."""
+    count: dict[int, int] = {}
+    for s in segments:
+        if s is not None:
+            count[s.row] = count.get(s.row, 0) + 1
+    return sorted(r for r, c in count.items() if c > 1)

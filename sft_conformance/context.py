@@ -38,6 +38,9 @@ class Context:
     shrink: bool = True
     distributed: bool = False
     strict: bool = False
+    judged: int = 0  # draws the current check judged (see checks.engine.require)
+    rejections: dict = field(default_factory=dict)  # why the others were not judged
+    notes: list = field(default_factory=list)  # what the report says beside the verdict
     last_inputs: dict = field(default_factory=dict)
     _tokenizers: dict = field(default_factory=dict)
     _model: object = None

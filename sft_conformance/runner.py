@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 from . import profiles
 from .checks import CHECKS, Check, missing_capability
+from .checks.engine import JUDGED_FLOOR
 from .context import Context, TargetRaised
 from .errors import ConfigurationError
 from .failures import CheckFailure, CheckSkipped
@@ -32,6 +33,8 @@ class CheckResult:
     counterexample: dict | None = None
     seconds: float = 0.0
     doc: str = ""
+    judged: int = 0  # how many drawn examples (batches of conversations) the check judged
+    notes: list = field(default_factory=list)  # warnings and notes shown beside the verdict
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -148,11 +151,14 @@ def run_check(ctx: Context, check: Check) -> CheckResult:
     if reason:
         res.status, res.message = "skipped", f"the target has no such capability: {reason}"
         return res
+    ctx.judged, ctx.rejections, ctx.notes = 0, {}, []
     try:
         with warnings.catch_warnings():
             # targets warn about what checks provoke on purpose (dropped examples, empty batches)
             warnings.simplefilter("ignore")
             check.func(ctx)
+        if ctx.judged < JUDGED_FLOOR and not check.judges_itself:
+            raise TooFewJudged(ctx.judged, ctx.rejections)
         if known:
             res.message = f"declared known failure did not occur (remove it?): {known}"
             if ctx.strict:
@@ -166,6 +172,8 @@ def run_check(ctx: Context, check: Check) -> CheckResult:
             res.status, res.message = "xfail", f"known failure: {known}\n\n{exc.message}"
     except CheckSkipped as exc:
         res.status, res.message = "skipped", str(exc)
+    except TooFewJudged as exc:
+        res.status, res.message = "error", f"{check.id}: {exc}"
     except (TargetRaised, TargetError) as exc:
         convs = ctx.last_inputs.get("conversations")
         res.status = "error"
@@ -179,7 +187,19 @@ def run_check(ctx: Context, check: Check) -> CheckResult:
         res.message = (f"target {d.name!r}, check {check.id} ({check.name}) crashed: "
                        f"{type(exc).__name__}: {exc}\n{innermost_traceback(exc)}")
     res.seconds = round(time.perf_counter() - start, 3)
+    res.judged, res.notes = ctx.judged, list(dict.fromkeys(ctx.notes))
     return res
+
+
+class TooFewJudged(Exception):
+    """A check that judged (almost) nothing: an error with the reasons, never a pass."""
+
+    def __init__(self, judged: int, rejections: dict):
+        reasons = "; ".join(f"{n}x {why}" for why, n in sorted(rejections.items(),
+                                                                key=lambda kv: -kv[1]))
+        super().__init__(f"judged only {judged} example(s), fewer than {JUDGED_FLOOR}: "
+                         f"a verdict on so few is no verdict. Draws not judged: "
+                         f"{reasons or 'none recorded'}")
 
 
 def innermost_traceback(exc: BaseException, frames: int = 8) -> str:

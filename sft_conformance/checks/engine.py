@@ -4,7 +4,8 @@ Hypothesis profiles, passed explicitly."""
 from __future__ import annotations
 
 import hypothesis.strategies as st
-from hypothesis import HealthCheck, Phase, Verbosity, example, given, settings
+from hypothesis import HealthCheck, Phase, Verbosity, assume, example, given, settings
+from hypothesis.errors import Unsatisfiable
 
 from sft_conformance.reference import (
     build_example,
@@ -37,35 +38,60 @@ def batch_strategy(ctx, *, min_size=1, max_size=3, **kwargs):
     return st.lists(conversation_strategy(ctx, **kwargs), min_size=min_size, max_size=max_size)
 
 
+#: a check that judged fewer examples than this is an error, never a pass
+JUDGED_FLOOR = 5
+
+
+def require(ctx: Context, condition: bool, reason: str) -> None:
+    """Reject this draw (it is not judged) unless ``condition``; the reason is counted and shown
+    when too few draws were judged."""
+    if not condition:
+        ctx.rejections[reason] = ctx.rejections.get(reason, 0) + 1
+        assume(False)
+
+
 def run_property(ctx: Context, strategy, prop, *, pinned=(), budget: float = 1.0) -> None:
-    """Run ``prop`` on draws of ``strategy`` under the context's Hypothesis profile."""
+    """Run ``prop`` on draws of ``strategy`` under the context's Hypothesis profile, passed
+    explicitly; every draw ``prop`` does not reject (see :func:`require`) counts as judged."""
     base = profiles.profile(ctx.profile)
-    max_examples = max(3, int(base.max_examples * budget))
+    max_examples = max(JUDGED_FLOOR + 2, int(base.max_examples * budget))
 
     def test(inputs):
         prop(inputs)
+        ctx.judged += 1
 
     test = given(strategy)(test)
     for value in reversed(list(pinned)):
         test = example(value)(test)
     phases = base.phases if ctx.shrink else tuple(p for p in base.phases if p != Phase.shrink)
-    settings(
-        parent=base,
-        max_examples=max_examples,
-        verbosity=Verbosity.quiet,
-        phases=phases,
-        report_multiple_bugs=False,
-        print_blob=False,
-        database=None,
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-    )(test)()
+    try:
+        settings(
+            parent=base,
+            max_examples=max_examples,
+            verbosity=Verbosity.quiet,
+            phases=phases,
+            report_multiple_bugs=False,
+            print_blob=False,
+            database=None,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+        )(test)()
+    except Unsatisfiable:
+        pass  # nothing judged: the floor reports it with the reasons
 
 
 def fits(ctx, convs, tok) -> bool:
     return all(
         len(build_example(c, tok, policy=ctx.decl.turn_policy)) <= ctx.max_length for c in convs
     )
+
+
+def require_fits(ctx, convs, tok) -> None:
+    """Judge only conversations that fit ``max_length``; count the others with the reason."""
+    if not fits(ctx, convs, tok):
+        longest = max(len(build_example(c, tok, policy=ctx.decl.turn_policy)) for c in convs)
+        require(ctx, False, f"a drawn conversation is longer than max_length={ctx.max_length} "
+                            f"(up to {longest} tokens with this template): pass --max-length")
 
 
 def pad_eos_strategy(ctx):

@@ -11,11 +11,10 @@ from sft_conformance.reference import (
 from ..alignment import (
     IGNORE_INDEX,
     canonical_labels,
-    match_documents,
-    row_segments,
+    locate_examples,
 )
-from ..failures import fail, fail_at_position
-from .engine import fits  # noqa: F401
+from ..failures import fail_at_position
+from .engine import require_fits
 
 
 def expected_labels(ctx, convs, tok):
@@ -36,30 +35,29 @@ def is_special(tok, token_id) -> bool:
     return int(token_id) in set(tok.all_special_ids)
 
 
-def segments_for(ctx, batch, exs, convs, *, tok, pad_equals_eos=False):
-    """The segment of the batch holding each example (row i for non-packed targets)."""
-    if ctx.decl.packs:
-        matches, _ = match_documents(batch, [e.input_ids for e in exs])
-        return matches
-    B = batch["input_ids"].shape[0]
-    if B != len(exs):
-        fail(
-            ctx,
-            f"the batch has {B} rows for {len(exs)} conversations: the target dropped, "
-            "split or merged examples (S1 expects one row per conversation)",
-            conversations=convs,
-            pad_equals_eos=pad_equals_eos,
-        )
-    return row_segments(batch, [len(e) for e in exs])
+def droppable_tails(exs, want) -> list[bool]:
+    """Whether each example's last token is untrained glue after its last end token."""
+    return [bool(len(e)) and w[-1] == IGNORE_INDEX and (not e.turns or e.turns[-1].stop < len(e))
+            for e, w in zip(exs, want)]
+
+
+def segments_for(ctx, batch, exs, convs, *, tok, pad_equals_eos=False, want=None):
+    """The segment of the batch holding each example, found by its ids (see
+    :func:`sft_conformance.alignment.locate_examples`); None for an example found nowhere."""
+    if want is None:
+        want = [labels_for(e) for e in exs]
+    return locate_examples(batch, [e.input_ids for e in exs], pad_id=tok.pad_token_id,
+                           droppable_tail=droppable_tails(exs, want))
 
 
 def differences(ctx, convs, tok, batch, relevant, *, pad_equals_eos=False):
     """Yield (example, position, got, want, ids, segment) where ``relevant`` holds."""
     exs, want = expected_labels(ctx, convs, tok)
-    segs = segments_for(ctx, batch, exs, convs, tok=tok, pad_equals_eos=pad_equals_eos)
+    segs = segments_for(ctx, batch, exs, convs, tok=tok, pad_equals_eos=pad_equals_eos,
+                        want=want)
     for i, (ex, seg) in enumerate(zip(exs, segs)):
         if seg is None:
-            continue  # a packed document not found: S1/S8 report it
+            continue  # an example found nowhere in the batch: S1 reports it
         got = canonical_labels(batch, seg, labels_shifted=ctx.decl.labels_shifted)
         ids = batch["input_ids"][seg.row, seg.start : seg.stop].tolist()
         if ids != ex.input_ids:
@@ -114,8 +112,7 @@ def label_property(ctx, relevant, *, what: str, spec: str):
     tok = ctx.tokenizer()
 
     def prop(convs):
-        if not fits(ctx, convs, tok):
-            return
+        require_fits(ctx, convs, tok)
         compare_labels(ctx, convs, tok, ctx.collate(convs, tok), relevant, what=what, spec=spec)
 
     return prop

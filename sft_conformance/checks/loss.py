@@ -18,7 +18,7 @@ from ..context import Context
 from ..failures import CheckSkipped, fail
 from .engine import (
     batch_strategy,
-    fits,
+    require_fits,
     run_property,
 )
 from .registry import register
@@ -48,8 +48,7 @@ def check_loss_equals_oracle(ctx: Context) -> None:
 
     def prop(inputs):
         convs, seed = inputs
-        if not fits(ctx, convs, tok):
-            return
+        require_fits(ctx, convs, tok)
         batch = ctx.collate(convs, tok)
         logits = random_logits(batch, V, seed)
         got = ctx.loss(logits, batch["labels"])
@@ -107,8 +106,7 @@ def check_gradient_accumulation(ctx: Context) -> None:
 
     def prop(inputs):
         convs, split, seed = inputs
-        if not fits(ctx, convs, tok):
-            return
+        require_fits(ctx, convs, tok)
         split = max(1, min(split, len(convs) - 1))
         groups = [convs[:split], convs[split:]]
         micro = [ctx.collate(g, tok) for g in groups]
@@ -161,7 +159,7 @@ def check_gradient_accumulation(ctx: Context) -> None:
 # -- S7 across ranks ---------------------------------------------------------------------------
 
 
-@register("S7dp", "loss", "distributed")
+@register("S7dp", "loss", "distributed", judges_itself=True)
 def check_data_parallel_normalization(ctx: Context) -> None:
     """Under torch.distributed, ranks' averaged gradient equals the full batch's (S7, DP)."""
     from ..distributed import run_data_parallel

@@ -17,10 +17,10 @@ from ..context import Context
 from ..failures import fail_at_position
 from .engine import (
     batch_strategy,
-    fits,
     is_bpe,
     pad_eos_allowed,
     pad_eos_strategy,
+    require_fits,
     run_property,
 )
 from .labels import (
@@ -89,8 +89,7 @@ def check_end_of_turn_trained(ctx: Context) -> None:
     def prop(inputs):
         convs, pad_eos = inputs
         tok = ctx.tokenizer(pad_equals_eos=pad_eos)
-        if not fits(ctx, convs, tok):
-            return
+        require_fits(ctx, convs, tok)
         batch = ctx.collate(convs, tok)
         compare_labels(
             ctx,
@@ -136,8 +135,7 @@ def check_multi_turn_policy(ctx: Context) -> None:
     policy = ctx.decl.turn_policy
 
     def prop(convs):
-        if not fits(ctx, convs, tok):
-            return
+        require_fits(ctx, convs, tok)
         batch = ctx.collate(convs, tok)
         exs, want = expected_labels(ctx, convs, tok)
         segs = segments_for(ctx, batch, exs, convs, tok=tok)

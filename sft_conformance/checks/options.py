@@ -17,7 +17,7 @@ from ..context import Context
 from ..failures import fail, fail_at_position
 from .engine import (
     batch_strategy,
-    fits,
+    require_fits,
     run_property,
 )
 from .labels import (
@@ -72,8 +72,7 @@ def check_option_invariance(ctx: Context) -> None:
             return float(target.loss(logits, batch["labels"]))
 
     def prop(convs):
-        if not fits(ctx, convs, tok):
-            return
+        require_fits(ctx, convs, tok)
         exs, _ = expected_labels(ctx, convs, tok)
         batch = ctx.collate(convs, tok)
         base = trained_sets(ctx.decl, batch, exs)

@@ -18,7 +18,7 @@ from ..context import Context
 from ..failures import fail, fail_at_position
 from .engine import (
     batch_strategy,
-    fits,
+    require_fits,
     run_property,
 )
 from .labels import (
@@ -36,8 +36,7 @@ def check_packing_equivalence(ctx: Context) -> None:
     shifted = ctx.decl.labels_shifted
 
     def prop(convs):
-        if not fits(ctx, convs, tok):
-            return
+        require_fits(ctx, convs, tok)
         exs, want = expected_labels(ctx, convs, tok)
         # a cap that forces at least two rows, so packing must decide where documents go
         lengths = [len(e) for e in exs]

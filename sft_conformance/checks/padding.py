@@ -15,8 +15,8 @@ from ..failures import fail, fail_at_position
 from ..tables import show_token
 from .engine import (
     batch_strategy,
-    fits,
     pad_eos_strategy,
+    require_fits,
     run_property,
 )
 from .labels import (
@@ -35,8 +35,7 @@ def check_padding_invariance(ctx: Context) -> None:
     def prop(inputs):
         convs, pad_eos = inputs
         tok = ctx.tokenizer(pad_equals_eos=pad_eos)
-        if not fits(ctx, convs, tok):
-            return
+        require_fits(ctx, convs, tok)
         batch = ctx.collate(convs, tok)
         exs, _ = expected_labels(ctx, convs, tok)
         segs = segments_for(ctx, batch, exs, convs, tok=tok, pad_equals_eos=pad_eos)

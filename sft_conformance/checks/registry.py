@@ -18,19 +18,27 @@ class Check:
     func: Callable
     needs: tuple[str, ...]
     doc: str
+    judges_itself: bool = False  # runs no property (S7dp): the judged-count floor does not apply
+
+    @property
+    def spec_link(self) -> str:
+        return f"docs/specification.md#{self.id.lower()}"
 
 
 CHECKS: list[Check] = []
 
 
-def register(check_id: str, *needs: str):
-    def register(func):
+def register(check_id: str, *needs: str, judges_itself: bool = False):
+    """Register a check under the id of the requirement it holds (its docstring's first
+    paragraph is its one-line description)."""
+
+    def decorate(func):
         name = func.__name__.removeprefix("check_")
-        doc = (func.__doc__ or "").strip().splitlines()[0]
-        CHECKS.append(Check(check_id, name, func, ("collate", *needs), doc))
+        doc = " ".join((func.__doc__ or "").strip().split("\n\n")[0].split())
+        CHECKS.append(Check(check_id, name, func, ("collate", *needs), doc, judges_itself))
         return func
 
-    return register
+    return decorate
 
 
 #: what each capability means, and the reason given when a target lacks it

@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-from ..alignment import (
-    match_documents,
-)
+from ..alignment import IGNORE_INDEX
 from ..context import Context
 from ..failures import fail, fail_at_position
 from ..tables import show_token
@@ -13,10 +11,12 @@ from .engine import (
     batch_strategy,
     fits,
     is_bpe,
+    require_fits,
     run_property,
 )
 from .labels import (
     differences,
+    droppable_tails,
     expected_labels,
     segments_for,
 )
@@ -27,31 +27,52 @@ from .registry import register
 
 @register("S1")
 def check_template_parity(ctx: Context) -> None:
-    """Input ids equal the chat template's tokenization of the whole conversation (S1)."""
+    """Input ids follow the declared tokenization convention of the whole conversation; no
+    extra or missing trained token (S1, docs/specification.md#s1)."""
     tok = ctx.tokenizer()
 
     def prop(convs):
-        if not fits(ctx, convs, tok):
-            return
+        require_fits(ctx, convs, tok)
         batch = ctx.collate(convs, tok)
-        exs, _ = expected_labels(ctx, convs, tok)
-        if ctx.decl.packs:
-            matches, unmatched = match_documents(batch, [e.input_ids for e in exs])
-            for i, m in enumerate(matches):
-                if m is None and not ctx.decl.splits_documents:
-                    fail(
-                        ctx,
-                        f"S1: the input ids of example {i} appear nowhere in the packed "
-                        "batch as one document: they differ from the chat template's "
-                        "tokenization (or the document was split)",
-                        conversations=convs,
-                        expected_ids=exs[i].input_ids,
-                    )
-            return
-        segs = segments_for(ctx, batch, exs, convs, tok=tok)
+        exs, want = expected_labels(ctx, convs, tok)
+        tails = droppable_tails(exs, want)
+        segs = segments_for(ctx, batch, exs, convs, tok=tok, want=want)
+        starts = {(s.row, s.start) for s in segs if s is not None}
         for i, (ex, seg) in enumerate(zip(exs, segs)):
+            if seg is None:
+                if ctx.decl.splits_documents:
+                    continue
+                fail(
+                    ctx,
+                    f"S1: the input ids of example {i} appear nowhere in the batch as one run "
+                    f"of tokens ({batch['input_ids'].shape[0]} rows for {len(exs)} "
+                    "conversations): the target dropped, split or merged it, or its ids differ "
+                    "from the chat template's tokenization",
+                    conversations=convs,
+                    expected_ids=ex.input_ids,
+                    example=i,
+                )
             got = batch["input_ids"][seg.row, seg.start : seg.stop].tolist()
-            if got == ex.input_ids:
+            if got == ex.input_ids or (tails[i] and got == ex.input_ids[:-1]):
+                # the same ids (an untrained trailing newline may be left out); a token the
+                # target adds after the example must not be trained
+                nxt = seg.stop
+                if nxt < batch["input_ids"].shape[1] and (seg.row, nxt) not in starts:
+                    label_at = nxt - 1 if ctx.decl.labels_shifted else nxt
+                    label = int(batch["labels"][seg.row, label_at])
+                    if label != IGNORE_INDEX:
+                        extra = int(batch["input_ids"][seg.row, nxt])
+                        fail(
+                            ctx,
+                            f"S1: example {i} (batch row {seg.row}) is followed by an extra "
+                            f"trained token at row position {nxt}: "
+                            f"'{show_token(tok, extra)}' (id {extra}) with label {label}, "
+                            "which the chat template does not render. The model learns to "
+                            "emit a token inference never shows it.",
+                            conversations=convs,
+                            example=i,
+                            position=nxt,
+                        )
                 continue
             t = next(
                 (k for k in range(min(len(got), len(ex))) if got[k] != ex.input_ids[k]),
@@ -127,8 +148,7 @@ def check_content_independence(ctx: Context) -> None:
     tok = ctx.tokenizer()
 
     def prop(convs):
-        if not fits(ctx, convs, tok):
-            return
+        require_fits(ctx, convs, tok)
         batch = ctx.collate(convs, tok)
         first = next(differences(ctx, convs, tok, batch, lambda *a: True), None)
         if first is None:
