@@ -5,24 +5,22 @@ from __future__ import annotations
 import hypothesis.strategies as st
 import torch
 
-from sft_conformance.reference import (
-    count_trained,
-)
-
 from ..alignment import (
     IGNORE_INDEX,
+    Segment,
     canonical_labels,
     document_segments,
-    row_segments,
 )
-from ..context import Context
+from ..context import Context, TargetRaised
 from ..failures import fail
+from ..tables import show_token
 from .engine import (
     batch_strategy,
     run_property,
 )
 from .labels import (
     expected_labels,
+    segments_for,
 )
 from .loss import random_logits
 from .registry import register
@@ -30,31 +28,63 @@ from .registry import register
 # -- S9 -----------------------------------------------------------------------------------------
 
 
+def nothing_left(ex, cap: int, policy: str) -> bool:
+    """Whether an example keeps no trained position (or, under ``truncate_prompt``, cannot
+    keep its whole last response) once held to ``cap`` tokens under ``policy``."""
+    if len(ex) <= cap:
+        return False
+    if policy in ("raise", "drop") or not ex.turns:
+        return True
+    if policy == "truncate_prompt":
+        return len(ex) - ex.turns[-1].start > cap
+    first_trained = min(s.start for s in ex.turns)
+    return first_trained >= cap - 1
+
+
+def real_pieces(batch, pad_id):
+    """The non-padding pieces of the batch: documents (split where positions restart) or rows,
+    as ``(segment, ids)``; a piece made only of pad tokens is padding."""
+    pieces = []
+    for seg in document_segments(batch):
+        ids = batch["input_ids"][seg.row, seg.start : seg.stop].tolist()
+        while ids and ids[-1] == pad_id and seg.stop > seg.start:
+            ids.pop()
+            seg = Segment(seg.row, seg.start, seg.stop - 1)
+        lead = 0
+        while lead < len(ids) and ids[lead] == pad_id:
+            lead += 1
+        if lead < len(ids):
+            pieces.append((Segment(seg.row, seg.start + lead, seg.stop), ids[lead:]))
+    return pieces
+
+
 @register("S9")
 def check_truncation(ctx: Context) -> None:
-    """Over-long examples follow the declared policy: no NaN, no silent zero, no empty example
-    (S9)."""
+    """Over-long examples follow the declared policy; no NaN, no silent zero, no example (or
+    packed document) with nothing to train (S9, docs/specification.md#s9)."""
     tok = ctx.tokenizer()
     policy = ctx.decl.overlong
     shifted = ctx.decl.labels_shifted
+    pad = tok.pad_token_id
 
     def prop(inputs):
         convs, delta = inputs
-        exs, _ = expected_labels(ctx, convs, tok)
+        exs, want = expected_labels(ctx, convs, tok)
         longest = max(len(e) for e in exs)
         cap = max(8, longest + delta)
         overlong = [i for i, e in enumerate(exs) if len(e) > cap]
+        empty = [i for i, e in enumerate(exs) if nothing_left(e, cap, policy)]
         try:
             batch = ctx.collate(convs, tok, cap)
-        except Exception as exc:
-            if policy == "raise" and overlong:
-                return  # declared
-            if policy == "raise" and not overlong:
-                raise
-            cause = getattr(exc, "original", exc)
-            if type(cause).__name__ in ("NoTrainedPositionError",):
-                return  # a loud refusal of a batch with nothing to train is conformant
-            raise
+        except TargetRaised as exc:
+            if (policy == "raise" and overlong) or empty:
+                cause = exc.original
+                ctx.notes.append(
+                    f"refused a batch with nothing left to train (example(s) {empty or overlong} "
+                    f"at max_length={cap}): {type(cause).__name__}: {cause}".splitlines()[0][:300]
+                )
+                return  # a loud refusal is conformant
+            raise  # an exception on a batch that has something to train: the target's error
         if policy == "raise" and overlong:
             fail(
                 ctx,
@@ -63,64 +93,160 @@ def check_truncation(ctx: Context) -> None:
                 conversations=convs,
                 max_length=cap,
             )
-        labels = batch["labels"]
-        width = batch["input_ids"].shape[1]
-        if width > cap and not ctx.decl.packs:
-            fail(
+        pieces = real_pieces(batch, pad)
+        for seg, ids in pieces:
+            if len(ids) > cap:
+                fail(
+                    ctx,
+                    f"S9: batch row {seg.row} holds {len(ids)} real tokens (positions "
+                    f"{seg.start}..{seg.stop - 1}), more than max_length={cap}: an over-long "
+                    f"example was kept whole although the target declares overlong={policy!r}",
+                    conversations=convs,
+                    max_length=cap,
+                    row=seg.row,
+                )
+            trained = [
+                x
+                for x in canonical_labels(batch, seg, labels_shifted=shifted)[1:]
+                if x != IGNORE_INDEX
+            ]
+            if seg.start > 0 or not shifted:
+                trained += [
+                    x
+                    for x in canonical_labels(batch, seg, labels_shifted=shifted)[:1]
+                    if x != IGNORE_INDEX
+                ]
+            if not trained:
+                fail(
+                    ctx,
+                    f"S9: a {'document' if len(pieces) > batch['input_ids'].shape[0] else 'row'}"
+                    f" of batch row {seg.row} (positions {seg.start}..{seg.stop - 1}) has no "
+                    f"trained position after truncation to max_length={cap}: it costs compute, "
+                    "teaches nothing and, alone in a micro-batch, gives NaN or a silent zero "
+                    "loss. Drop it (and say so) or truncate the prompt instead.",
+                    conversations=convs,
+                    max_length=cap,
+                    row=seg.row,
+                )
+        if policy == "drop":
+            kept = [i for i in range(len(exs)) if i not in overlong]
+            segs = segments_for(
                 ctx,
-                f"S9: the batch is {width} tokens wide, more than max_length={cap}",
-                conversations=convs,
-                max_length=cap,
+                batch,
+                [exs[i] for i in kept],
+                [convs[i] for i in kept],
+                tok=tok,
+                want=[want[i] for i in kept],
             )
-        if ctx.decl.packs:
-            longest = max((len(seg) for seg in document_segments(batch)), default=0)
-            if longest > cap:
-                fail(
-                    ctx,
-                    f"S9: a packed document of {longest} tokens exceeds max_length={cap}: "
-                    f"the over-long example was kept whole, although the target declares "
-                    f"overlong={policy!r}",
-                    conversations=convs,
-                    max_length=cap,
-                )
-        for r in range(labels.shape[0]):
-            n_row = count_trained(labels[r : r + 1], labels_shifted=shifted)
-            if n_row == 0:
-                fail(
-                    ctx,
-                    f"S9: batch row {r} has no trained position after truncation to "
-                    f"max_length={cap}: it costs compute, teaches nothing and, alone in a "
-                    "micro-batch, gives NaN or a silent zero loss. Drop it (and say so) "
-                    "or truncate the prompt instead.",
-                    conversations=convs,
-                    max_length=cap,
-                    row=r,
-                )
-        if policy == "truncate_response" and not ctx.decl.packs:
-            for seg in row_segments(batch, [cap] * labels.shape[0]):
-                ids = batch["input_ids"][seg.row, seg.start : seg.stop].tolist()
-                i = next(
-                    (k for k in overlong if exs[k].input_ids[: len(ids) - 1] == ids[:-1]), None
-                )
-                if i is None:
-                    continue  # a row that was not truncated
-                got = canonical_labels(batch, seg, labels_shifted=shifted)
-                trained_ids = [ids[t] for t in range(len(ids)) if got[t] != IGNORE_INDEX]
-                if trained_ids and trained_ids[-1] != tok.eos_token_id:
+            whole = {(s.row, s.start) for s in segs if s is not None}
+            for i, seg in zip(kept, segs):
+                if seg is None or batch["input_ids"][
+                    seg.row, seg.start : seg.stop
+                ].tolist() not in (exs[i].input_ids, exs[i].input_ids[:-1]):
                     fail(
                         ctx,
-                        f"S9: example {i} was truncated to {cap} tokens and lost its "
-                        f"end-of-turn token {tok.eos_token!r}; the target declares "
-                        "'truncate_response', which keeps it so the model still learns "
-                        "to stop.",
+                        f"S9: example {i} fits max_length={cap} but is not in the batch "
+                        "whole: 'drop' must leave the other examples intact",
                         conversations=convs,
                         max_length=cap,
                         example=i,
                     )
+            extra = [(seg, ids) for seg, ids in pieces if (seg.row, seg.start) not in whole]
+            if extra:
+                seg, ids = extra[0]
+                fail(
+                    ctx,
+                    f"S9: the target declares overlong='drop', yet batch row {seg.row} "
+                    f"holds a piece of {len(ids)} tokens of an over-long example "
+                    f"{overlong}: it was truncated, not dropped",
+                    conversations=convs,
+                    max_length=cap,
+                    row=seg.row,
+                )
+        for i in overlong:
+            ex = exs[i]
+            if policy == "truncate_prompt" and i not in empty:
+                suffix = next(
+                    (
+                        (seg, ids)
+                        for seg, ids in pieces
+                        if 0 < len(ids) <= len(ex)
+                        and (
+                            ex.input_ids[-len(ids) :] == ids
+                            or ex.input_ids[:-1][-len(ids) :] == ids
+                        )
+                    ),
+                    None,
+                )
+                if suffix is None:
+                    fail(
+                        ctx,
+                        f"S9: example {i} ({len(ex)} tokens) was cut at the end, not at "
+                        f"the start: the target declares 'truncate_prompt', which keeps "
+                        f"the whole response and its end token at max_length={cap}",
+                        conversations=convs,
+                        max_length=cap,
+                        example=i,
+                    )
+                seg, ids = suffix
+                got = canonical_labels(batch, seg, labels_shifted=shifted)
+                offset = len(ex) - len(ids) - (0 if ex.input_ids[-len(ids) :] == ids else 1)
+                last = ex.turns[-1]
+                untrained = [
+                    t
+                    for t in range(last.start, last.stop)
+                    if 0 <= t - offset < len(got) and got[t - offset] == IGNORE_INDEX
+                ]
+                if untrained or last.start < offset:
+                    fail(
+                        ctx,
+                        f"S9: example {i} was truncated to {len(ids)} tokens but its last "
+                        "response is not kept whole and trained: 'truncate_prompt' keeps "
+                        "the whole response and its end token",
+                        conversations=convs,
+                        max_length=cap,
+                        example=i,
+                    )
+            if policy in ("truncate_response", "truncate") and i not in empty:
+                prefix = next(
+                    (
+                        (seg, ids)
+                        for seg, ids in pieces
+                        if len(ids) > 1 and ex.input_ids[: len(ids) - 1] == ids[:-1]
+                    ),
+                    None,
+                )
+                if prefix is None:
+                    continue  # dropped: the per-example counts above already judged the rest
+                seg, ids = prefix
+                got = canonical_labels(batch, seg, labels_shifted=shifted)
+                trained_at = [t for t in range(len(ids)) if got[t] != IGNORE_INDEX]
+                cut = next((sp for sp in ex.turns if sp.start < len(ids) <= sp.stop), None)
+                if not trained_at or cut is None or cut.end_token is None:
+                    continue
+                end_id = ex.input_ids[cut.end_token]  # the template's end token, not eos
+                if ids[trained_at[-1]] != end_id:
+                    message = (
+                        f"example {i} was truncated to {len(ids)} tokens and lost its "
+                        f"end-of-turn token '{show_token(tok, end_id)}'"
+                    )
+                    if policy == "truncate":
+                        ctx.notes.append(
+                            f"warning: {message} (declared 'truncate': the model "
+                            "does not learn to stop on such examples)"
+                        )
+                    else:
+                        fail(
+                            ctx,
+                            f"S9: {message}; the target declares 'truncate_response', "
+                            "which keeps it so the model still learns to stop.",
+                            conversations=convs,
+                            max_length=cap,
+                            example=i,
+                        )
         if ctx.decl.has_loss:
             logits = random_logits(batch, len(tok), 0)
-            value = ctx.loss(logits, labels)
-            value = value.detach()
+            value = ctx.loss(logits, batch["labels"]).detach()
             if not torch.isfinite(value) or float(value) == 0.0:
                 fail(
                     ctx,
