@@ -17,6 +17,7 @@ from sft_conformance.reference import (
     pack_examples,
     pad_examples,
     sft_loss,
+    truncate,
 )
 
 from .targets.reference import ReferencePackedTarget, ReferenceTarget
@@ -452,8 +453,10 @@ class ExtraEndTokenNoMask(ReferenceTarget):
         for i, conv in enumerate(conversations):
             ex = build_example(conv, tokenizer, index=i)
             end = ex.input_ids[ex.turns[-1].end_token]
-            ex.input_ids, ex.trained = ex.input_ids + [end], ex.trained + [True]
-            examples.append(ex)
+            ex = truncate(ex, max_length - 1, self.overlong, index=i)  # room for the extra one
+            if ex is not None:
+                ex.input_ids, ex.trained = ex.input_ids + [end], ex.trained + [True]
+                examples.append(ex)
         batch = pad_examples(examples, tokenizer.pad_token_id)
         return {"input_ids": batch["input_ids"], "labels": batch["labels"]}
 
@@ -508,7 +511,9 @@ class PadEosPromptUndercount(ReferenceTarget):
                                 != tokenizer.pad_token_id).sum())
                 for t in range(min(span.start, measured), span.start):
                     ex.trained[t] = True
-            examples.append(ex)
+            ex = truncate(ex, max_length, self.overlong, index=i)
+            if ex is not None:
+                examples.append(ex)
         return pad_examples(examples, tokenizer.pad_token_id)
 
 
