@@ -12,6 +12,7 @@ import torch
 
 from sft_conformance.reference import (
     IGNORE_INDEX,
+    NoTrainedPositionError,
     build_example,
     labels_for,
     pack_examples,
@@ -415,6 +416,14 @@ class KeepsZeroTargetExample(ReferenceTarget):
         return pad_examples(examples, tokenizer.pad_token_id)
 
 
+def _kept(examples):
+    """The examples left after truncation; refusing the batch, as the reference does, when none
+    is left (S9 allows that)."""
+    if not examples:
+        raise NoTrainedPositionError("every example of the batch was dropped; nothing to train")
+    return examples
+
+
 class DropButTruncates(ReferenceTarget):
     """Declares overlong = 'drop' but truncates the response of an over-long example (keeping the
     end token) instead of leaving it out: the declaration is not held."""
@@ -457,7 +466,7 @@ class ExtraEndTokenNoMask(ReferenceTarget):
             if ex is not None:
                 ex.input_ids, ex.trained = ex.input_ids + [end], ex.trained + [True]
                 examples.append(ex)
-        batch = pad_examples(examples, tokenizer.pad_token_id)
+        batch = pad_examples(_kept(examples), tokenizer.pad_token_id)
         return {"input_ids": batch["input_ids"], "labels": batch["labels"]}
 
 
@@ -514,7 +523,7 @@ class PadEosPromptUndercount(ReferenceTarget):
             ex = truncate(ex, max_length, self.overlong, index=i)
             if ex is not None:
                 examples.append(ex)
-        return pad_examples(examples, tokenizer.pad_token_id)
+        return pad_examples(_kept(examples), tokenizer.pad_token_id)
 
 
 _ALL = [OffByOneLate, OffByOneEarly, EosMaskedByValue, MissingEndToken, LabelsShiftedTwice,
