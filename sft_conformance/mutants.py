@@ -12,10 +12,13 @@ import torch
 
 from sft_conformance.reference import (
     IGNORE_INDEX,
+    NoTrainedPositionError,
     build_example,
     labels_for,
+    pack_examples,
     pad_examples,
     sft_loss,
+    truncate,
 )
 
 from .targets.reference import ReferencePackedTarget, ReferenceTarget
@@ -413,13 +416,125 @@ class KeepsZeroTargetExample(ReferenceTarget):
         return pad_examples(examples, tokenizer.pad_token_id)
 
 
+def _kept(examples):
+    """The examples left after truncation; refusing the batch, as the reference does, when none
+    is left (S9 allows that)."""
+    if not examples:
+        raise NoTrainedPositionError("every example of the batch was dropped; nothing to train")
+    return examples
+
+
+class DropButTruncates(ReferenceTarget):
+    """Declares overlong = 'drop' but truncates the response of an over-long example (keeping the
+    end token) instead of leaving it out: the declaration is not held."""
+
+    name = "mutant-drop-but-truncates"
+    overlong = "drop"
+
+    def collate(self, conversations, tokenizer, max_length):
+        from sft_conformance.reference import Collator
+
+        return Collator(overlong="truncate_response")(conversations, tokenizer, max_length)
+
+
+class TruncatePromptCutsEnd(ReferenceTarget):
+    """Declares overlong = 'truncate_prompt' but cuts the end of the response (keeping the end
+    token) instead of the start of the prompt: the declaration is not held."""
+
+    name = "mutant-truncate-prompt-cuts-end"
+    overlong = "truncate_prompt"
+
+    def collate(self, conversations, tokenizer, max_length):
+        from sft_conformance.reference import Collator
+
+        return Collator(overlong="truncate_response")(conversations, tokenizer, max_length)
+
+
+class ExtraEndTokenNoMask(ReferenceTarget):
+    """Appends an extra end-of-turn token, trained, after each example's last token (an EOS added
+    on top of the template's own) and returns no attention_mask, so nothing marks where the
+    template's tokens end."""
+
+    name = "mutant-extra-end-token-no-mask"
+
+    def collate(self, conversations, tokenizer, max_length):
+        examples = []
+        for i, conv in enumerate(conversations):
+            ex = build_example(conv, tokenizer, index=i)
+            end = ex.input_ids[ex.turns[-1].end_token]
+            ex = truncate(ex, max_length - 1, self.overlong, index=i)  # room for the extra one
+            if ex is not None:
+                ex.input_ids, ex.trained = ex.input_ids + [end], ex.trained + [True]
+                examples.append(ex)
+        batch = pad_examples(_kept(examples), tokenizer.pad_token_id)
+        return {"input_ids": batch["input_ids"], "labels": batch["labels"]}
+
+
+class PackedDocumentNothingToTrain(ReferencePackedTarget):
+    """Over-long conversations are cut at the last whole message that fits; when not even the
+    first assistant message fits, the prompt-only remainder (nothing to train) is still packed,
+    beside trained documents (torchtune #2341, counted per document)."""
+
+    name = "mutant-packed-document-nothing-to-train"
+    overlong = "truncate"
+
+    def collate(self, conversations, tokenizer, max_length):
+        from sft_conformance.reference.masks import render
+
+        examples = []
+        for i, conv in enumerate(conversations):
+            ex = build_example(conv, tokenizer, index=i)
+            if len(ex) > max_length:
+                keep = 0
+                for k in range(1, len(conv) + 1):
+                    n = len(tokenizer(render(tokenizer, conv[:k]),
+                                      add_special_tokens=False)["input_ids"])
+                    if n <= max_length:
+                        keep = n
+                ex.input_ids, ex.trained = ex.input_ids[:keep], ex.trained[:keep]
+            if len(ex):
+                examples.append(ex)
+        batch = pack_examples(examples, max_length, tokenizer.pad_token_id)
+        batch.pop("rows")
+        return batch
+
+
+class PadEosPromptUndercount(ReferenceTarget):
+    """The prompt length is measured as (prompt_ids != pad_id).sum(): with pad == eos every end
+    token inside the prompt is not counted, so the last header token(s) before the response are
+    trained."""
+
+    name = "mutant-pad-eos-prompt-undercount"
+
+    def collate(self, conversations, tokenizer, max_length):
+        from sft_conformance.reference.masks import render
+
+        examples = []
+        for i, conv in enumerate(conversations):
+            ex = build_example(conv, tokenizer, index=i)
+            for span in ex.turns:
+                j = span.message
+                prompt = tokenizer(render(tokenizer, conv[:j], add_generation_prompt=True),
+                                   add_special_tokens=False)["input_ids"] if j else []
+                measured = int((torch.tensor(prompt, dtype=torch.long)
+                                != tokenizer.pad_token_id).sum())
+                for t in range(min(span.start, measured), span.start):
+                    ex.trained[t] = True
+            ex = truncate(ex, max_length, self.overlong, index=i)
+            if ex is not None:
+                examples.append(ex)
+        return pad_examples(_kept(examples), tokenizer.pad_token_id)
+
+
 _ALL = [OffByOneLate, OffByOneEarly, EosMaskedByValue, MissingEndToken, LabelsShiftedTwice,
         PerSequenceMean, MeanOfMicroBatchMeans, DenominatorCountsPadding,
         LeftPaddingWithoutPositions, AttentionMaskFromPadId, TrainsPadding,
         PackingWithoutPositionReset, PackingCrossDocumentAttention, PackingCrossDocumentTarget,
         WrappedPackingSplitsDocuments, PromptTokenizedSeparately, HeaderFirstOccurrence,
         HeaderLastOccurrence, UserTurnsTrained, OnlyFirstAssistantTurn, NanOnAllMasked,
-        DoubleBos, FusedLossOptionDropsMask, TruncateDropsEndToken, KeepsZeroTargetExample]
+        DoubleBos, FusedLossOptionDropsMask, TruncateDropsEndToken, KeepsZeroTargetExample,
+        DropButTruncates, TruncatePromptCutsEnd, ExtraEndTokenNoMask,
+        PackedDocumentNothingToTrain, PadEosPromptUndercount]
 
 REGISTRY = {cls.name: f"{__name__}:{cls.__name__}" for cls in _ALL}
 
@@ -449,6 +564,11 @@ KILLS = {
     "mutant-fused-loss-drops-mask": "S12",
     "mutant-truncate-drops-end-token": "S9",
     "mutant-keeps-zero-target-example": "S9",
+    "mutant-drop-but-truncates": "S9",
+    "mutant-truncate-prompt-cuts-end": "S9",
+    "mutant-extra-end-token-no-mask": "S1",
+    "mutant-packed-document-nothing-to-train": "S9",  # counted per document, not per row
+    "mutant-pad-eos-prompt-undercount": "S3",  # needs S3 run with pad == eos
 }
 
 BUGS = {cls.name: (cls.__doc__ or "").strip().replace("\n    ", " ") for cls in _ALL}

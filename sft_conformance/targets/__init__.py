@@ -16,7 +16,8 @@ CORE = {
 
 def builtin_targets() -> dict[str, str]:
     names = dict(CORE)
-    for extra in ("sft_conformance.targets.textbook", "sft_conformance.adapters",
+    for extra in ("sft_conformance.targets.textbook", "sft_conformance.targets.correct",
+                  "sft_conformance.adapters",
                   "sft_conformance.mutants"):
         try:
             module = __import__(extra, fromlist=["REGISTRY"])
