@@ -90,8 +90,12 @@ def require_fits(ctx, convs, tok) -> None:
     """Judge only conversations that fit ``max_length``; count the others with the reason."""
     if not fits(ctx, convs, tok):
         longest = max(len(build_example(c, tok, policy=ctx.decl.turn_policy)) for c in convs)
-        require(ctx, False, f"a drawn conversation is longer than max_length={ctx.max_length} "
-                            f"(up to {longest} tokens with this template): pass --max-length")
+        require(
+            ctx,
+            False,
+            f"a drawn conversation is longer than max_length={ctx.max_length} "
+            f"(up to {longest} tokens with this template): pass --max-length",
+        )
 
 
 def pad_eos_strategy(ctx):

@@ -18,17 +18,32 @@ from .engine import require_fits
 
 
 def expected_labels(ctx, convs, tok):
+    """The examples the specification expects (the reference's ids and trained positions) and
+    their canonical labels."""
     exs = [build_example(c, tok, policy=ctx.decl.turn_policy, index=i) for i, c in enumerate(convs)]
-    labels = []
-    for ex in exs:
-        lab = labels_for(ex)
-        if ctx.decl.trains_after_eot:
-            for span in ex.turns:
-                nxt = (span.end_token or -2) + 1
-                if 0 < nxt < len(ex) and not is_special(tok, ex.input_ids[nxt]):
-                    lab[nxt] = ex.input_ids[nxt]
-        labels.append(lab)
-    return exs, labels
+    return exs, [labels_for(ex) for ex in exs]
+
+
+def may_train(ctx, ex, tok) -> set[int]:
+    """Positions a target may train or not, as it declares: the glue token right after each
+    end-of-turn token (ChatML's newline) under ``trains_after_eot``."""
+    if not ctx.decl.trains_after_eot:
+        return set()
+    out = set()
+    for span in ex.turns:
+        nxt = (span.end_token if span.end_token is not None else -2) + 1
+        if 0 < nxt < len(ex) and not is_special(tok, ex.input_ids[nxt]):
+            out.add(nxt)
+    return out
+
+
+def first_difference(a, b) -> int | None:
+    """The first index where two sequences differ (the shorter one's end if one is a prefix of
+    the other), or None when they are equal."""
+    for k, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return k
+    return None if len(a) == len(b) else min(len(a), len(b))
 
 
 def is_special(tok, token_id) -> bool:
@@ -37,8 +52,10 @@ def is_special(tok, token_id) -> bool:
 
 def droppable_tails(exs, want) -> list[bool]:
     """Whether each example's last token is untrained glue after its last end token."""
-    return [bool(len(e)) and w[-1] == IGNORE_INDEX and (not e.turns or e.turns[-1].stop < len(e))
-            for e, w in zip(exs, want)]
+    return [
+        bool(len(e)) and w[-1] == IGNORE_INDEX and (not e.turns or e.turns[-1].stop < len(e))
+        for e, w in zip(exs, want)
+    ]
 
 
 def segments_for(ctx, batch, exs, convs, *, tok, pad_equals_eos=False, want=None):
@@ -46,15 +63,18 @@ def segments_for(ctx, batch, exs, convs, *, tok, pad_equals_eos=False, want=None
     :func:`sft_conformance.alignment.locate_examples`); None for an example found nowhere."""
     if want is None:
         want = [labels_for(e) for e in exs]
-    return locate_examples(batch, [e.input_ids for e in exs], pad_id=tok.pad_token_id,
-                           droppable_tail=droppable_tails(exs, want))
+    return locate_examples(
+        batch,
+        [e.input_ids for e in exs],
+        pad_id=tok.pad_token_id,
+        droppable_tail=droppable_tails(exs, want),
+    )
 
 
 def differences(ctx, convs, tok, batch, relevant, *, pad_equals_eos=False):
     """Yield (example, position, got, want, ids, segment) where ``relevant`` holds."""
     exs, want = expected_labels(ctx, convs, tok)
-    segs = segments_for(ctx, batch, exs, convs, tok=tok, pad_equals_eos=pad_equals_eos,
-                        want=want)
+    segs = segments_for(ctx, batch, exs, convs, tok=tok, pad_equals_eos=pad_equals_eos, want=want)
     for i, (ex, seg) in enumerate(zip(exs, segs)):
         if seg is None:
             continue  # an example found nowhere in the batch: S1 reports it
@@ -64,8 +84,11 @@ def differences(ctx, convs, tok, batch, relevant, *, pad_equals_eos=False):
             # S1 reports the ids; here judge the tokens both sequences share, in the template's
             # coordinates. A template token the target lacks (a missing end token) is "absent".
             got, ids = aligned(ex.input_ids, ids, got), ex.input_ids
+        optional = may_train(ctx, ex, tok)
         for t in range(len(ex)):
             g = IGNORE_INDEX if got[t] is None else got[t]
+            if t in optional and g in (IGNORE_INDEX, ex.input_ids[t]):
+                continue  # declared: may be trained or not
             if (g != want[i][t] or got[t] is None) and relevant(t, got[t], want[i][t], ex):
                 if got[t] is None and want[i][t] == IGNORE_INDEX:
                     continue  # an untrained template token the target lacks: S1's business
@@ -106,14 +129,25 @@ def compare_labels(ctx, convs, tok, batch, relevant, *, what, spec, pad_equals_e
         )
 
 
-def label_property(ctx, relevant, *, what: str, spec: str):
+def label_property(ctx, relevant, *, what: str, spec: str, with_pad_eos: bool = False):
     """A property over a batch of conversations: the labels agree with the reference wherever
-    ``relevant`` says the difference is this check's business."""
-    tok = ctx.tokenizer()
+    ``relevant`` says the difference is this check's business. ``with_pad_eos``: the property
+    takes ``(conversations, pad_equals_eos)`` and runs with that pad configuration."""
 
-    def prop(convs):
+    def prop(inputs):
+        convs, pad_eos = inputs if with_pad_eos else (inputs, False)
+        tok = ctx.tokenizer(pad_equals_eos=pad_eos)
         require_fits(ctx, convs, tok)
-        compare_labels(ctx, convs, tok, ctx.collate(convs, tok), relevant, what=what, spec=spec)
+        compare_labels(
+            ctx,
+            convs,
+            tok,
+            ctx.collate(convs, tok),
+            relevant,
+            what=what + (" (pad == eos)" if pad_eos else ""),
+            spec=spec,
+            pad_equals_eos=pad_eos,
+        )
 
     return prop
 

@@ -65,17 +65,23 @@ def check_first_response_token_trained(ctx: Context) -> None:
 
 @register("S3")
 def check_no_prompt_or_glue_trained(ctx: Context) -> None:
-    """No token outside assistant turns is trained: system, user, headers, glue (S3)."""
+    """No token outside assistant turns is trained: system, user, headers, glue; also with
+    pad == eos (S3, docs/specification.md#s3)."""
     prop = label_property(
         ctx,
         lambda t, got, want, ex: want == IGNORE_INDEX,
         what="S3: a token outside the assistant's turns is trained",
         spec="system, user, role headers and template glue are never targets",
+        with_pad_eos=True,
     )
 
-    pinned = [[[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "the answer"}]]]
+    conv = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "the answer"}]
+    pinned = [([conv], pad_eos) for pad_eos in (False, True) if pad_eos_allowed(ctx, pad_eos)]
     run_property(
-        ctx, batch_strategy(ctx, adversarial=False), prop, pinned=pinned if is_bpe(ctx) else ()
+        ctx,
+        st.tuples(batch_strategy(ctx, adversarial=False), pad_eos_strategy(ctx)),
+        prop,
+        pinned=pinned if is_bpe(ctx) else (),
     )
 
 
@@ -99,7 +105,8 @@ def check_end_of_turn_trained(ctx: Context) -> None:
             lambda t, got, want, ex: t in end_tokens(ex) and want != IGNORE_INDEX,
             what="S4: the end-of-turn token is not trained: the model never learns to stop"
             + (" (pad == eos)" if pad_eos else ""),
-            spec=f"the end-of-turn token {tok.eos_token!r} of each assistant turn is a target",
+            spec="the end-of-turn token of each assistant turn (the template's first special token "
+            "after the content, not necessarily eos) is a target",
             pad_equals_eos=pad_eos,
         )
 
@@ -128,13 +135,15 @@ def check_end_of_turn_trained(ctx: Context) -> None:
 
 @register("S10", "multi_turn")
 def check_multi_turn_policy(ctx: Context) -> None:
-    """Every assistant turn is trained (or only the last, if declared), no other message (S10)."""
+    """Every assistant turn is trained (or only the last, if declared), no other message; also
+    with pad == eos (S10, docs/specification.md#s10)."""
     from sft_conformance.reference.masks import content_tokens
 
-    tok = ctx.tokenizer()
     policy = ctx.decl.turn_policy
 
-    def prop(convs):
+    def prop(inputs):
+        convs, pad_eos = inputs
+        tok = ctx.tokenizer(pad_equals_eos=pad_eos)
         require_fits(ctx, convs, tok)
         batch = ctx.collate(convs, tok)
         exs, want = expected_labels(ctx, convs, tok)
@@ -143,9 +152,10 @@ def check_multi_turn_policy(ctx: Context) -> None:
             if seg is None:
                 continue
             ids = batch["input_ids"][seg.row, seg.start : seg.stop].tolist()
-            if ids != ex.input_ids:
-                continue
+            if ids not in (ex.input_ids, ex.input_ids[:-1]):
+                continue  # S1's finding
             got = canonical_labels(batch, seg, labels_shifted=ctx.decl.labels_shifted)
+            got += [IGNORE_INDEX] * (len(ex) - len(got))
             turns = build_example(conv, tok, policy="all").turns
             for k, span in enumerate(turns):
                 trained = any(got[t] != IGNORE_INDEX for t in range(span.start, span.stop))
@@ -166,6 +176,7 @@ def check_multi_turn_policy(ctx: Context) -> None:
                         position=span.start,
                         spec=f"turn policy {policy!r}",
                         conversations=convs,
+                        pad_equals_eos=pad_eos,
                         row=seg.row,
                     )
             for j, positions in enumerate(content_tokens(conv, tok)):
@@ -185,22 +196,22 @@ def check_multi_turn_policy(ctx: Context) -> None:
                         position=hits[0],
                         spec="only assistant turns are trained",
                         conversations=convs,
+                        pad_equals_eos=pad_eos,
                         row=seg.row,
                     )
 
-    pinned = [
-        [
-            [
-                {"role": "user", "content": "hi"},
-                {"role": "assistant", "content": "one"},
-                {"role": "user", "content": "more"},
-                {"role": "assistant", "content": "two"},
-            ]
-        ]
+    conv = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "one"},
+        {"role": "user", "content": "more"},
+        {"role": "assistant", "content": "two"},
     ]
+    pinned = [([conv], pad_eos) for pad_eos in (False, True) if pad_eos_allowed(ctx, pad_eos)]
     run_property(
         ctx,
-        batch_strategy(ctx, max_size=2, min_turns=2, adversarial=False),
+        st.tuples(
+            batch_strategy(ctx, max_size=2, min_turns=2, adversarial=False), pad_eos_strategy(ctx)
+        ),
         prop,
         pinned=pinned if is_bpe(ctx) else (),
         budget=0.6,

@@ -10,8 +10,6 @@ from sft_conformance.reference import (
 
 from ..alignment import (
     canonical_labels,
-    match_documents,
-    row_segments,
 )
 from ..context import Context
 from ..failures import fail, fail_at_position
@@ -22,6 +20,8 @@ from .engine import (
 )
 from .labels import (
     expected_labels,
+    first_difference,
+    segments_for,
 )
 from .registry import register
 
@@ -42,10 +42,7 @@ def check_option_invariance(ctx: Context) -> None:
         variants[name] = (variant, declared(variant))
 
     def trained_sets(target_ctx_decl, batch, exs):
-        if target_ctx_decl.packs:
-            segs, _ = match_documents(batch, [e.input_ids for e in exs])
-        else:
-            segs = row_segments(batch, [len(e) for e in exs])
+        segs = segments_for(ctx, batch, exs, None, tok=tok)
         return [
             None
             if s is None
@@ -81,7 +78,7 @@ def check_option_invariance(ctx: Context) -> None:
             single = ctx.collate([conv], tok)
             alone = trained_sets(ctx.decl, single, exs[i : i + 1])[0]
             if base[i] is not None and alone is not None and alone != base[i]:
-                t = next(k for k in range(len(alone)) if alone[k] != base[i][k])
+                t = first_difference(alone, base[i])
                 fail_at_position(
                     ctx,
                     "S12: the trained tokens depend on the batch size",
@@ -119,7 +116,7 @@ def check_option_invariance(ctx: Context) -> None:
             vsets = trained_sets(vdecl, vbatch, exs)
             for i, (a, b) in enumerate(zip(base, vsets)):
                 if a is not None and b is not None and a != b:
-                    t = next(k for k in range(len(a)) if a[k] != b[k])
+                    t = first_difference(a, b)
                     fail_at_position(
                         ctx,
                         f"S12: option {name!r} changes the trained tokens",

@@ -20,6 +20,7 @@ from .engine import (
 )
 from .labels import (
     expected_labels,
+    first_difference,
     segments_for,
 )
 from .model import compare_logits, logits_of, precision_noise
@@ -94,7 +95,7 @@ def check_padding_invariance(ctx: Context) -> None:
             alone_labels = canonical_labels(single, sseg, labels_shifted=shifted)
             ids = batch["input_ids"][seg.row, seg.start : seg.stop].tolist()
             if got_labels != alone_labels:
-                t = next(k for k in range(len(got_labels)) if got_labels[k] != alone_labels[k])
+                t = first_difference(got_labels, alone_labels)
                 fail_at_position(
                     ctx,
                     "S5: batching with padding changed the labels",
