@@ -38,6 +38,7 @@ def check_template_parity(ctx: Context) -> None:
         tails = droppable_tails(exs, want)
         segs = segments_for(ctx, batch, exs, convs, tok=tok, want=want)
         starts = {(s.row, s.start) for s in segs if s is not None}
+        ends = {(s.row, s.stop - 1) for s in segs if s is not None}
         for i, (ex, seg) in enumerate(zip(exs, segs)):
             if seg is None:
                 if ctx.decl.splits_documents:
@@ -53,6 +54,28 @@ def check_template_parity(ctx: Context) -> None:
                     example=i,
                 )
             got = batch["input_ids"][seg.row, seg.start : seg.stop].tolist()
+            before = seg.start - 1
+            if (
+                before >= 0
+                and (seg.row, before) not in ends
+                and int(batch["input_ids"][seg.row, before]) != tok.pad_token_id
+                and (
+                    "position_ids" not in batch
+                    or int(batch["position_ids"][seg.row, seg.start]) != 0
+                )
+            ):
+                extra = int(batch["input_ids"][seg.row, before])
+                fail(
+                    ctx,
+                    f"S1: example {i} (batch row {seg.row}) is preceded by an extra token in "
+                    f"the same document: '{show_token(tok, extra)}' (id {extra}) at row "
+                    f"position {before}, which the chat template does not render (a double BOS "
+                    "when the template already adds one and the tokenizer adds another). "
+                    "Inference sees the template's tokens; training must see the same.",
+                    conversations=convs,
+                    example=i,
+                    position=before,
+                )
             if got == ex.input_ids or (tails[i] and got == ex.input_ids[:-1]):
                 # the same ids (an untrained trailing newline may be left out); a token the
                 # target adds after the example must not be trained

@@ -84,7 +84,17 @@ def check_truncation(ctx: Context) -> None:
                     f"at max_length={cap}): {type(cause).__name__}: {cause}".splitlines()[0][:300]
                 )
                 return  # a loud refusal is conformant
-            raise  # an exception on a batch that has something to train: the target's error
+            if overlong:
+                cause = exc.original
+                fail(
+                    ctx,
+                    f"S9: the target refused a batch that its declared policy "
+                    f"overlong={policy!r} keeps something of (over-long example(s) {overlong} "
+                    f"at max_length={cap}): {type(cause).__name__}: {cause}".splitlines()[0],
+                    conversations=convs,
+                    max_length=cap,
+                )
+            raise  # an exception on a batch that fits: the target's error
         if policy == "raise" and overlong:
             fail(
                 ctx,
