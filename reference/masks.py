@@ -193,14 +193,47 @@ def _spans_from_generation_tags(conversation, tokenizer, ids, index):
     return spans
 
 
-def build_example(conversation, tokenizer, *, policy: str = "all", index: int = 0) -> Example:
+TOKENIZATIONS = ("whole", "per_turn")
+
+
+def _tokenize_per_turn(conversation, tokenizer, text):
+    """Ids and offsets of ``text`` tokenized piece by piece: each assistant turn's prompt (the
+    text since the previous turn's end, through the generation prompt, as inference renders
+    it) and its response (content through the end of the turn) apart."""
+    cuts = [0]
+    for j, message in enumerate(conversation):
+        if message["role"] != "assistant":
+            continue
+        before = (render(tokenizer, conversation[:j], add_generation_prompt=True) if j else
+                  render(tokenizer, [], add_generation_prompt=True) if _renders_empty(tokenizer)
+                  else "")
+        through = render(tokenizer, conversation[: j + 1])
+        cuts += [len(before), len(through)]
+    cuts.append(len(text))
+    ids, offsets = [], []
+    for a, b in zip(cuts, cuts[1:]):
+        if b <= a:
+            continue
+        enc = tokenizer(text[a:b], add_special_tokens=False, return_offsets_mapping=True)
+        ids += list(enc["input_ids"])
+        offsets += [(s + a, e + a) for s, e in enc["offset_mapping"]]
+    return ids, offsets
+
+
+def build_example(conversation, tokenizer, *, policy: str = "all", index: int = 0,
+                  tokenization: str = "whole") -> Example:
     """Tokenize ``conversation`` as inference does and mark its trained positions.
 
     ``policy``: ``"all"`` trains every assistant turn (the default, S10), ``"last"`` only the last.
     ``index`` is the example's position in the user's data, used in error messages.
+    ``tokenization``: ``"whole"`` (the ids of the whole rendered conversation) or ``"per_turn"``
+    (each assistant turn's prompt and response tokenized apart; docs/specification.md
+    #tokenization-conventions). They agree unless the tokenizer merges glue with content.
     """
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+    if tokenization not in TOKENIZATIONS:
+        raise ValueError(f"tokenization must be one of {TOKENIZATIONS}, got {tokenization!r}")
     validate_conversation(conversation, index)
     check_tokenizer(tokenizer)
     try:
@@ -208,10 +241,16 @@ def build_example(conversation, tokenizer, *, policy: str = "all", index: int = 
     except Exception as exc:  # jinja errors, raise_exception() in the template
         raise TemplateError(f"the chat template failed to render: {exc}", example=index,
                             field="conversation") from exc
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = list(enc["input_ids"])
-    offsets = [tuple(o) for o in enc["offset_mapping"]]
-    if has_generation_tags(tokenizer):
+    if tokenization == "per_turn":
+        ids, offsets = _tokenize_per_turn(conversation, tokenizer, text)
+        spans = _spans_from_rendering(conversation, tokenizer, text, offsets, ids, index)
+    else:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = list(enc["input_ids"])
+        offsets = [tuple(o) for o in enc["offset_mapping"]]
+    if tokenization == "per_turn":
+        pass
+    elif has_generation_tags(tokenizer):
         spans = _spans_from_generation_tags(conversation, tokenizer, ids, index)
     else:
         spans = _spans_from_rendering(conversation, tokenizer, text, offsets, ids, index)

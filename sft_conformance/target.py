@@ -25,8 +25,12 @@ Optional declarations (all have defaults, see :class:`Declared`):
   the end, end token included: declared, and held against S9).
 * ``packs``: the target packs several conversations into one row.
 * ``splits_documents``: a packing target that may split a document across rows.
-* ``trains_after_eot``: the target also trains the template glue right after the end token
-  (the newline of ChatML); declared policy, not a failure.
+* ``trains_after_eot``: the target may also train the template glue right after the end token
+  (the newline of ChatML); declared policy, not a failure, and not required.
+* ``tokenization``: ``"whole"`` (default: the ids of the whole rendered conversation) or
+  ``"per_turn"`` (each assistant turn's prompt and response tokenized apart); S1 holds the
+  declared one.
+* packing needs no declaration: rows whose examples sit side by side are packed documents.
 * ``known_failures``: ``{check_id: reason}``, known non-conformance shown in every report.
 * ``requires``: import names the target needs; missing ones make every check ``skipped`` with
   ``install_hint``.
@@ -54,6 +58,7 @@ from .errors import ConfigurationError
 
 TURN_POLICIES = ("all", "last")
 OVERLONG = ("raise", "drop", "truncate_prompt", "truncate_response", "truncate")
+TOKENIZATIONS = ("whole", "per_turn")
 
 
 class TargetError(ConfigurationError):
@@ -71,6 +76,7 @@ class Declared:
     packs: bool = False
     splits_documents: bool = False
     trains_after_eot: bool = False
+    tokenization: str = "whole"
     known_failures: dict = field(default_factory=dict)
     requires: tuple = ()
     install_hint: str = ""
@@ -101,6 +107,7 @@ def declared(target) -> Declared:
         packs=bool(getattr(target, "packs", False)),
         splits_documents=bool(getattr(target, "splits_documents", False)),
         trains_after_eot=bool(getattr(target, "trains_after_eot", False)),
+        tokenization=getattr(target, "tokenization", "whole"),
         known_failures=dict(getattr(target, "known_failures", {}) or {}),
         requires=tuple(getattr(target, "requires", ()) or ()),
         install_hint=str(getattr(target, "install_hint", "") or ""),
@@ -116,6 +123,9 @@ def declared(target) -> Declared:
     if d.turn_policy not in TURN_POLICIES:
         raise TargetError(f"target {d.name!r}: turn_policy must be one of {TURN_POLICIES}, "
                           f"got {d.turn_policy!r}")
+    if d.tokenization not in TOKENIZATIONS:
+        raise TargetError(f"target {d.name!r}: tokenization must be one of {TOKENIZATIONS}, "
+                          f"got {d.tokenization!r}")
     if d.overlong not in OVERLONG:
         raise TargetError(f"target {d.name!r}: overlong must be one of {OVERLONG}, "
                           f"got {d.overlong!r}")

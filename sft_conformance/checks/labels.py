@@ -20,8 +20,32 @@ from .engine import require_fits
 def expected_labels(ctx, convs, tok):
     """The examples the specification expects (the reference's ids and trained positions) and
     their canonical labels."""
-    exs = [build_example(c, tok, policy=ctx.decl.turn_policy, index=i) for i, c in enumerate(convs)]
+    exs = [
+        build_example(
+            c, tok, policy=ctx.decl.turn_policy, index=i, tokenization=ctx.decl.tokenization
+        )
+        for i, c in enumerate(convs)
+    ]
     return exs, [labels_for(ex) for ex in exs]
+
+
+def tokenizer_note(ctx, convs, tok) -> None:
+    """Note (once per check) when the tokenizer merges template glue with content: training
+    and inference cannot agree on the first response token there, whichever convention."""
+    for c in convs:
+        whole = build_example(c, tok, policy=ctx.decl.turn_policy).input_ids
+        per_turn = build_example(
+            c, tok, policy=ctx.decl.turn_policy, tokenization="per_turn"
+        ).input_ids
+        if whole != per_turn:
+            ctx.notes.append(
+                f"note: the tokenizer {tok.name_or_path.split('+')[0]!r} merges template glue "
+                "with content at a prompt/response boundary (its whole-conversation and per-turn "
+                "tokenizations differ), so training and inference cannot agree on the first "
+                "response token there: a fact about the tokenizer, not the target. The target "
+                f"is held to its declared tokenization {ctx.decl.tokenization!r}."
+            )
+            return
 
 
 def may_train(ctx, ex, tok) -> set[int]:

@@ -156,7 +156,8 @@ def check_multi_turn_policy(ctx: Context) -> None:
                 continue  # S1's finding
             got = canonical_labels(batch, seg, labels_shifted=ctx.decl.labels_shifted)
             got += [IGNORE_INDEX] * (len(ex) - len(got))
-            turns = build_example(conv, tok, policy="all").turns
+            full = build_example(conv, tok, policy="all", tokenization=ctx.decl.tokenization)
+            turns = full.turns
             for k, span in enumerate(turns):
                 trained = any(got[t] != IGNORE_INDEX for t in range(span.start, span.stop))
                 should = policy == "all" or k == len(turns) - 1
@@ -179,7 +180,9 @@ def check_multi_turn_policy(ctx: Context) -> None:
                         pad_equals_eos=pad_eos,
                         row=seg.row,
                     )
-            for j, positions in enumerate(content_tokens(conv, tok)):
+            whole = full if ctx.decl.tokenization == "whole" else build_example(conv, tok)
+            messages = content_tokens(conv, tok) if whole.input_ids == full.input_ids else []
+            for j, positions in enumerate(messages):  # (per-turn ids: S3 judges the prompt)
                 if conv[j]["role"] == "assistant":
                     continue
                 hits = [t for t in positions if got[t] != IGNORE_INDEX]

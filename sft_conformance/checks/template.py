@@ -19,6 +19,7 @@ from .labels import (
     droppable_tails,
     expected_labels,
     segments_for,
+    tokenizer_note,
 )
 from .registry import register
 
@@ -35,6 +36,7 @@ def check_template_parity(ctx: Context) -> None:
         require_fits(ctx, convs, tok)
         batch = ctx.collate(convs, tok)
         exs, want = expected_labels(ctx, convs, tok)
+        tokenizer_note(ctx, convs, tok)
         tails = droppable_tails(exs, want)
         segs = segments_for(ctx, batch, exs, convs, tok=tok, want=want)
         starts = {(s.row, s.start) for s in segs if s is not None}
@@ -132,7 +134,8 @@ def check_template_parity(ctx: Context) -> None:
             fail(
                 ctx,
                 f"S1: example {i} (batch row {seg.row}): input ids differ from the chat "
-                f"template's tokenization of the whole conversation at position {t} "
+                f"template's tokenization (declared convention {ctx.decl.tokenization!r}) at "
+                f"position {t} "
                 f"({reason}; {len(got)} tokens, the template gives {len(ex)}). "
                 "Inference sees the template's tokens; training must see the same.",
                 conversations=convs,

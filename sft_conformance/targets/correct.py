@@ -563,10 +563,69 @@ class WithOptions(Plain):
     options = {"left_padding": LeftPadding, "sum_over_count_loss": SumOverCount}
 
 
+def _encode_per_turn(conversation, tokenizer, policy: str = "all") -> _Encoded:
+    """Message-pair encoding (as LLaMA-Factory-style trainers do): each assistant turn's prompt
+    (since the previous turn, through the generation prompt) and its response (content through
+    the end of the turn) tokenized apart; the response's tokens through its first special
+    token after the content are trained."""
+    text = _render(tokenizer, conversation)
+    special = _special_ids(tokenizer)
+    ids, trained, turns, done = [], [], [], 0
+    assistant = [j for j, m in enumerate(conversation) if m["role"] == "assistant"]
+    for j in assistant:
+        head = len(_render(tokenizer, conversation[:j], True) if j else
+                   _assistant_header(tokenizer))
+        upto = len(_render(tokenizer, conversation[:j + 1]))
+        prompt = tokenizer(text[done:head], add_special_tokens=False)["input_ids"]
+        enc = tokenizer(text[head:upto], add_special_tokens=False, return_offsets_mapping=True)
+        response, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+        turn, content = text[head:upto], conversation[j]["content"]
+        at, shown = next(((turn.find(c), c) for c in (content, content.strip(), content.lstrip(),
+                                                      content.rstrip()) if turn.find(c) >= 0),
+                         (0, ""))
+        content_end = at + len(shown)
+        end = next((k for k, (a, b) in enumerate(offsets)
+                    if b > a and a >= content_end and response[k] in special), None)
+        stop = (end + 1) if end is not None else len(response)
+        train = policy == "all" or j == assistant[-1]
+        ids += prompt
+        trained += [False] * len(prompt)
+        start = len(ids)
+        ids += response
+        trained += [train and k < stop for k in range(len(response))]
+        if train:
+            turns.append((start, start + stop, start + end if end is not None else None))
+        done = upto
+    tail = tokenizer(text[done:], add_special_tokens=False)["input_ids"] if done < len(text) \
+        else []
+    ids += tail
+    trained += [False] * len(tail)
+    return _Encoded(ids, trained, turns)
+
+
+class PerTurn(Plain):
+    """Declares tokenization = "per_turn": each prompt and response tokenized apart (message
+    pairs), as inference tokenizes the prompt; its own per-turn encoder."""
+
+    name = "correct-per-turn"
+    tokenization = "per_turn"
+
+    def examples(self, conversations, tokenizer, max_length):
+        kept = []
+        for conv in conversations:
+            ex = _fit(_encode_per_turn(conv, tokenizer, self.turn_policy), max_length,
+                      self.overlong)
+            if ex is not None:
+                kept.append(ex)
+        if not kept:
+            raise ValueError("nothing to train: every example of the batch was left out")
+        return kept
+
+
 _ALL = [Plain, OwnException, PadToMultipleOf8, BaseModelEos, Bf16Autocast, RightPadAllOnesMask,
         LeftPadding, LengthGrouped, NoAttentionMask, PackedUndeclared, PaddingFree, Shifted,
         SumOverCount, TrainsAfterEotUnused, LastTurnOnly, DropOverlong, TruncatePrompt,
-        TruncateEnd, Llama3, WithOptions]
+        TruncateEnd, Llama3, WithOptions, PerTurn]
 
 REGISTRY = {cls.name: f"{__name__}:{cls.__name__}" for cls in _ALL}
 
