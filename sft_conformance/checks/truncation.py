@@ -5,6 +5,8 @@ from __future__ import annotations
 import hypothesis.strategies as st
 import torch
 
+from sft_conformance.reference import truncate
+
 from ..alignment import (
     IGNORE_INDEX,
     Segment,
@@ -29,16 +31,19 @@ from .registry import register
 
 
 def nothing_left(ex, cap: int, policy: str) -> bool:
-    """Whether an example keeps no trained position (or, under ``truncate_prompt``, cannot
-    keep its whole last response) once held to ``cap`` tokens under ``policy``."""
+    """Whether an example keeps no trained position once held to ``cap`` tokens under
+    ``policy`` (as the reference applies it: the end token kept, at least one content token
+    beside it), or, under ``truncate_prompt``, cannot keep its whole last response."""
     if len(ex) <= cap:
         return False
     if policy in ("raise", "drop") or not ex.turns:
         return True
-    if policy == "truncate_prompt":
-        return len(ex) - ex.turns[-1].start > cap
-    first_trained = min(s.start for s in ex.turns)
-    return first_trained >= cap - 1
+    if policy == "truncate_prompt" and len(ex) - ex.turns[-1].start > cap:
+        return True
+    return (
+        truncate(ex, cap, "truncate_prompt" if policy == "truncate_prompt" else "truncate_response")
+        is None
+    )
 
 
 def real_pieces(batch, pad_id):
