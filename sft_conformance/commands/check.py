@@ -41,9 +41,11 @@ def summary_table(run) -> str:
     rows = []
     for r in run.results:
         first = r.message.splitlines()[0] if r.message else ""
+        if not first and r.notes:
+            first = r.notes[0]
         rows.append([r.id, r.check, r.status.upper() if r.status in ("failed", "error")
-                     else r.status, f"{r.seconds:.1f}s", first[:110]])
-    return tabulate(rows, headers=["check", "name", "status", "time", "message"],
+                     else r.status, r.judged, f"{r.seconds:.1f}s", first[:110]])
+    return tabulate(rows, headers=["check", "name", "status", "judged", "time", "message"],
                     tablefmt="simple")
 
 
@@ -72,6 +74,9 @@ def run(args) -> int:
             for r in result.results:
                 if r.status in ("failed", "error"):
                     print(f"\n--- {result.target} {r.id} {r.check}: {r.status} ---\n{r.message}")
+            notes = list(dict.fromkeys(n for r in result.results for n in r.notes))
+            if notes:
+                print("\nnotes:\n" + "\n".join(f"- {n}" for n in notes))
         print(flush=True)
     if args.json:
         from pathlib import Path
