@@ -29,6 +29,29 @@ def test_correct_target_passes_every_check(name):
         f"{r.id} {r.status}: {r.message}" for r in bad)
 
 
+#: the label and template checks, cheap enough to run under the dev profile in the default run
+LABEL_CHECKS = ["S1", "S2", "S3", "S4", "S10", "S11"]
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_correct_target_passes_the_label_checks_under_dev(name):
+    run = check_target(name, profile="dev", only=LABEL_CHECKS)
+    assert run.error is None, run.error
+    bad = [r for r in run.results if r.status not in ("passed", "skipped")]
+    assert not bad, f"{name} ({HOW[name]}) is correct, but under dev:\n" + "\n\n".join(
+        f"{r.id} {r.status}: {r.message}" for r in bad)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("profile", ["dev", "thorough"])
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_correct_target_passes_every_check_slow(name, profile):
+    run = check_target(name, profile=profile)
+    bad = [r for r in run.results if r.status not in ("passed", "skipped")]
+    assert run.error is None and not bad, "\n\n".join(
+        f"{r.id} {r.status}: {r.message}" for r in bad)
+
+
 # -- the catalogue is right by the reference, whatever the checks say -------------------------
 # Judged independently of the suite's row assumptions: each conversation is found in the batch
 # by its ids (any row, any offset), its labels compared with the reference's, and no label may
