@@ -118,3 +118,10 @@ def test_repository_does_not_point_outside_itself():
     hits = outside_pointers(tracked_files())
     assert not hits, "files that point outside the repository (cite docs/specification.md " \
                      "instead):\n" + "\n".join(hits)
+
+
+def test_every_check_docstring_cites_its_section():
+    from sft_conformance.checks import CHECKS
+
+    for check in CHECKS:
+        assert check.spec_link in (check.func.__doc__ or ""), (check.id, check.func.__doc__)

@@ -42,7 +42,8 @@ def random_logits(batch, vocab: int, seed: int) -> torch.Tensor:
 
 @register("S6", "loss")
 def check_loss_equals_oracle(ctx: Context) -> None:
-    """The loss is the token mean of -log p(target) over the batch's trained positions (S6)."""
+    """The loss is the token mean of -log p(target) over the batch's trained positions
+    (S6, docs/specification.md#s6)."""
     tok = ctx.tokenizer()
     V = len(tok)
 
@@ -99,7 +100,8 @@ def check_loss_equals_oracle(ctx: Context) -> None:
 
 @register("S7", "loss")
 def check_gradient_accumulation(ctx: Context) -> None:
-    """k micro-batches with num_items_in_batch give the full batch's loss and gradient (S7)."""
+    """k micro-batches with num_items_in_batch give the full batch's loss and gradient
+    (S7, docs/specification.md#s7)."""
     tok = ctx.tokenizer()
     V = len(tok)
     shifted = ctx.decl.labels_shifted
@@ -161,7 +163,8 @@ def check_gradient_accumulation(ctx: Context) -> None:
 
 @register("S7dp", "loss", "distributed", judges_itself=True)
 def check_data_parallel_normalization(ctx: Context) -> None:
-    """Under torch.distributed, ranks' averaged gradient equals the full batch's (S7, DP)."""
+    """Under torch.distributed, ranks' averaged gradient equals the full batch's (S7dp,
+    docs/specification.md#s7dp)."""
     from ..distributed import run_data_parallel
 
     if ":" not in ctx.spec and ctx.spec not in _builtin_names():

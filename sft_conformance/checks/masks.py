@@ -37,7 +37,8 @@ from .registry import register
 
 @register("S2")
 def check_first_response_token_trained(ctx: Context) -> None:
-    """Every token of every assistant turn is trained, the first one included (S2)."""
+    """Every token of every assistant turn is trained, the first one included
+    (S2, docs/specification.md#s2)."""
     prop = label_property(
         ctx,
         # a token absent from the target's ids (re-tokenized) is S1's finding, not S2's
@@ -90,7 +91,8 @@ def check_no_prompt_or_glue_trained(ctx: Context) -> None:
 
 @register("S4")
 def check_end_of_turn_trained(ctx: Context) -> None:
-    """The end-of-turn token of every assistant turn is trained, also when pad == eos (S4)."""
+    """The end-of-turn token of every assistant turn is trained, also when pad == eos
+    (S4, docs/specification.md#s4)."""
 
     def prop(inputs):
         convs, pad_eos = inputs

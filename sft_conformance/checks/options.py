@@ -31,7 +31,7 @@ from .registry import register
 @register("S12")
 def check_option_invariance(ctx: Context) -> None:
     """Batch size and declared math-neutral options change neither trained tokens nor loss
-    (S12)."""
+    (S12, docs/specification.md#s12)."""
     tok = ctx.tokenizer()
     shifted = ctx.decl.labels_shifted
     variants = {}

@@ -40,8 +40,9 @@ def check_packing_equivalence(ctx: Context) -> None:
     def prop(convs):
         # a target that has not packed five draws in a row, and declares no packing, does not
         # pack: stop collating (the check is skipped below)
-        require(ctx, ctx.decl.packs or ctx.judged or ctx.rejections.get(not_packing, 0) < 5,
-                not_packing)
+        require(
+            ctx, ctx.decl.packs or ctx.judged or ctx.rejections.get(not_packing, 0) < 5, not_packing
+        )
         require_fits(ctx, convs, tok)
         exs, want = expected_labels(ctx, convs, tok)
         # a cap that forces at least two rows, so packing must decide where documents go

@@ -170,7 +170,7 @@ def _neutralized(convs):
 @register("S11")
 def check_content_independence(ctx: Context) -> None:
     """Role words, header text and special-token look-alikes in content do not move the mask
-    (S11)."""
+    (S11, docs/specification.md#s11)."""
     tok = ctx.tokenizer()
 
     def prop(convs):
