@@ -114,9 +114,12 @@ class LMCollatorPadEosTarget(LMCollatorTarget):
 
 
 PROMPT_LENGTH_S2 = (
-    "the prompt is masked by the length of its own tokenization; when BPE merges the generation "
-    "prompt's last token with the first response token ('assistant\\nhello' is one token with "
-    "the bundled BPE), that first response token is masked")
+    "this verdict comes from the adapter's own prompt-length recipe (how a typical user builds "
+    "labels for this collator), not from transformers' code: the prompt is masked by the length "
+    "of its own tokenization; when BPE merges the generation prompt's last token with the first "
+    "response token ('assistant\\nhello' is one token with the bundled BPE, built to merge glue "
+    "with content), that first response token is masked. Whether real tokenizers merge there "
+    "decides whether users see it")
 
 
 CUT_S9 = ("ids and labels are cut to max_length and kept: an example whose trained tokens all lie "
