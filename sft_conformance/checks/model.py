@@ -39,3 +39,13 @@ def compare_logits(got: torch.Tensor, want: torch.Tensor, *, noise: float = 0.0)
     if diff.numel() == 0:
         return 0.0, 0, tol
     return float(diff.max()), int(diff.argmax()), tol
+
+
+def against_alone(ctx: Context, logits: torch.Tensor, seg, single: dict, sseg):
+    """Compare the logits of one example in the batch with the same example collated alone,
+    both through the target's forward: ``(max difference, position, tolerance)``."""
+    alone = logits_of(ctx, single)
+    noise = precision_noise(ctx, single, sseg, alone)
+    return compare_logits(
+        logits[seg.row, seg.start : seg.stop], alone[sseg.row, sseg.start : sseg.stop], noise=noise
+    )

@@ -22,7 +22,7 @@ from .labels import (
     expected_labels,
     segments_for,
 )
-from .model import compare_logits, logits_of, precision_noise
+from .model import against_alone, logits_of
 from .registry import register
 
 # -- S8 -----------------------------------------------------------------------------------------
@@ -137,13 +137,7 @@ def check_packing_equivalence(ctx: Context) -> None:
                         conversations=convs,
                         row=seg.row,
                     )
-            alone = logits_of(ctx, single)
-            noise = precision_noise(ctx, single, sseg, alone)
-            diff, t, tol = compare_logits(
-                logits[seg.row, seg.start : seg.stop],
-                alone[sseg.row, sseg.start : sseg.stop],
-                noise=noise,
-            )
+            diff, t, tol = against_alone(ctx, logits, seg, single, sseg)
             if diff > tol:
                 fail(
                     ctx,

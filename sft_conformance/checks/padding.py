@@ -23,7 +23,7 @@ from .labels import (
     first_difference,
     segments_for,
 )
-from .model import compare_logits, logits_of, precision_noise
+from .model import against_alone, logits_of
 from .registry import register
 
 # -- S5 -----------------------------------------------------------------------------------------
@@ -128,13 +128,7 @@ def check_padding_invariance(ctx: Context) -> None:
                         pad_equals_eos=pad_eos,
                         example=i,
                     )
-            single_logits = logits_of(ctx, single)
-            noise = precision_noise(ctx, single, sseg, single_logits)
-            diff, t, tol = compare_logits(
-                logits[seg.row, seg.start : seg.stop],
-                single_logits[sseg.row, sseg.start : sseg.stop],
-                noise=noise,
-            )
+            diff, t, tol = against_alone(ctx, logits, seg, single, sseg)
             if diff > tol:
                 fail(
                     ctx,
