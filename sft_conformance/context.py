@@ -39,6 +39,7 @@ class Context:
     distributed: bool = False
     strict: bool = False
     judged: int = 0  # draws the current check judged (see checks.engine.require)
+    failed: bool = False  # the current check has failed on a draw
     rejections: dict = field(default_factory=dict)  # why the others were not judged
     notes: list = field(default_factory=list)  # what the report says beside the verdict
     last_inputs: dict = field(default_factory=dict)

@@ -151,7 +151,7 @@ def run_check(ctx: Context, check: Check) -> CheckResult:
     if reason:
         res.status, res.message = "skipped", f"the target has no such capability: {reason}"
         return res
-    ctx.judged, ctx.rejections, ctx.notes = 0, {}, []
+    ctx.judged, ctx.rejections, ctx.notes, ctx.failed = 0, {}, [], False
     try:
         with warnings.catch_warnings():
             # targets warn about what checks provoke on purpose (dropped examples, empty batches)

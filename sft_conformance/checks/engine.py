@@ -13,6 +13,7 @@ from sft_conformance.reference import (
 
 from .. import profiles
 from ..context import Context
+from ..failures import CheckFailure
 from ..strategies import CHAR_ALPHABET, conversations
 
 # -- drawing inputs -----------------------------------------------------------------------------
@@ -57,8 +58,17 @@ def run_property(ctx: Context, strategy, prop, *, pinned=(), budget: float = 1.0
     max_examples = max(JUDGED_FLOOR + 2, int(base.max_examples * budget))
 
     def test(inputs):
-        prop(inputs)
-        ctx.judged += 1
+        # a draw is judged when the property ran to a verdict on it: a pass, or the first
+        # failure (the shrinker's later attempts are not counted again)
+        try:
+            prop(inputs)
+        except CheckFailure:
+            if not ctx.failed:
+                ctx.judged += 1
+                ctx.failed = True
+            raise
+        if not ctx.failed:
+            ctx.judged += 1
 
     test = given(strategy)(test)
     for value in reversed(list(pinned)):
