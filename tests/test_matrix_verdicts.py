@@ -51,14 +51,19 @@ PINNED = {
     "trl-sft-assistant-only-eot-outside": {"S1": E, "S2": E, "S3": E, "S4": X, "S5": E,
                                            **NO_LOSS, **NO_PACK, "S9": E, "S10": F, "S11": E,
                                            "S12": E},
+    # the target refuses every batch (no generation tags), so S8 cannot tell it does not pack
     "trl-sft-assistant-only-no-tags": {"S1": X, "S2": X, "S3": X, "S4": X, "S5": X, **NO_LOSS,
-                                       **NO_PACK, "S9": X, "S10": X, "S11": X, "S12": X},
+                                       "S7dp": S, "S8": X, "S9": X, "S10": X, "S11": X,
+                                       "S12": X},
     "trl-sft-padding-free": {"S1": P, "S2": P, "S3": P, "S4": P, "S5": P, **NO_LOSS, "S8": P,
                              "S9": X, "S10": P, "S11": P, "S12": P},
     "trl-sft-packing-bfd": {"S1": P, "S2": P, "S3": P, "S4": P, "S5": P, **NO_LOSS, "S8": P,
                             "S9": F, "S10": P, "S11": P, "S12": P},
+    # S9 per document: bfd_split cuts a 10-token conversation at max_length 8 into 8 + 2 tokens
+    # and keeps the tail piece ('<|im_end|>\n', positions restarting at 0) with nothing trained;
+    # confirmed by hand (the per-row count could not see it)
     "trl-sft-packing-bfd-split": {"S1": P, "S2": P, "S3": P, "S4": P, "S5": P, **NO_LOSS,
-                                  "S8": P, "S9": P, "S10": P, "S11": P, "S12": P},
+                                  "S8": P, "S9": F, "S10": P, "S11": P, "S12": P},
     "trl-sft-packing-wrapped": {"S1": P, "S2": P, "S3": P, "S4": P, "S5": P, **NO_LOSS,
                                 "S8": X, "S9": F, "S10": P, "S11": P, "S12": P},
 }

@@ -28,6 +28,27 @@ from .registry import register
 # -- S8 -----------------------------------------------------------------------------------------
 
 
+PROBE = [
+    [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yes"}],
+    [{"role": "user", "content": "and then"}, {"role": "assistant", "content": "no"}],
+    [{"role": "user", "content": "ok"}, {"role": "assistant", "content": "fine then"}],
+]
+
+
+def _packs(ctx, tok) -> bool:
+    """Whether the target packs: three short conversations under a cap that fits two of them
+    in a row. A target that raises here is probed by the property itself (its errors show)."""
+    from sft_conformance.reference import build_example
+
+    lengths = [len(build_example(c, tok)) for c in PROBE]
+    try:
+        batch = ctx.collate(PROBE, tok, max(max(lengths), math.ceil(sum(lengths) * 0.7)))
+    except Exception:
+        return True
+    exs, want = expected_labels(ctx, PROBE, tok)
+    return bool(packed_rows(segments_for(ctx, batch, exs, PROBE, tok=tok, want=want)))
+
+
 @register("S8")
 def check_packing_equivalence(ctx: Context) -> None:
     """Packed documents restart positions, never attend or predict across a boundary, and are
@@ -37,12 +58,13 @@ def check_packing_equivalence(ctx: Context) -> None:
 
     not_packing = "the target put every conversation in a row of its own (it does not pack)"
 
-    def prop(convs):
-        # a target that has not packed five draws in a row, and declares no packing, does not
-        # pack: stop collating (the check is skipped below)
-        require(
-            ctx, ctx.decl.packs or ctx.judged or ctx.rejections.get(not_packing, 0) < 5, not_packing
+    if not ctx.decl.packs and not _packs(ctx, tok):
+        raise CheckSkipped(
+            "the target does not pack: no row of its batch held two conversations (packing is "
+            "inferred from the batch; declare packs = True to require it)"
         )
+
+    def prop(convs):
         require_fits(ctx, convs, tok)
         exs, want = expected_labels(ctx, convs, tok)
         # a cap that forces at least two rows, so packing must decide where documents go

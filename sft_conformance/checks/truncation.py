@@ -46,6 +46,14 @@ def nothing_left(ex, cap: int, policy: str) -> bool:
     )
 
 
+def _collates_untruncated(ctx, convs, tok) -> bool:
+    try:
+        ctx.target.collate(convs, tok, 10**6)
+    except Exception:
+        return False  # it refuses these conversations anyway: the target's error, not S9's
+    return True
+
+
 def real_pieces(batch, pad_id):
     """The non-padding pieces of the batch: documents (split where positions restart) or rows,
     as ``(segment, ids)``; a piece made only of pad tokens is padding."""
@@ -89,7 +97,8 @@ def check_truncation(ctx: Context) -> None:
                     f"at max_length={cap}): {type(cause).__name__}: {cause}".splitlines()[0][:300]
                 )
                 return  # a loud refusal is conformant
-            if overlong:
+            if overlong and _collates_untruncated(ctx, convs, tok):
+                # the same batch collates without truncation: the refusal is about truncation
                 cause = exc.original
                 fail(
                     ctx,
