@@ -117,12 +117,11 @@ class _TRLTarget:
                 trainer = self.trainer(conversations, tokenizer, max_length, out)
                 batch = next(iter(trainer.get_train_dataloader()), None)
             if batch is None:
-                from sft_conformance.reference import NoTrainedPositionError
-
-                raise NoTrainedPositionError(
+                # a refusal in the adapter's own words: S9 accepts any exception on a batch
+                # with nothing left to train
+                raise ValueError(
                     f"SFTTrainer's dataset preparation kept none of the {len(conversations)} "
-                    f"conversation(s) at max_length={max_length}: no batch to train on",
-                    field="conversations")
+                    f"conversation(s) at max_length={max_length}: no batch to train on")
         finally:
             if was:
                 datasets.enable_progress_bars()
