@@ -95,6 +95,16 @@ def segments_for(ctx, batch, exs, convs, *, tok, pad_equals_eos=False, want=None
     )
 
 
+def collated(ctx, convs, tok, *, pad_equals_eos=False):
+    """Collate a drawn batch (judged only if every conversation fits ``max_length``) and find
+    each expected example in it: ``(batch, examples, labels, segments)``."""
+    require_fits(ctx, convs, tok)
+    batch = ctx.collate(convs, tok)
+    exs, want = expected_labels(ctx, convs, tok)
+    segs = segments_for(ctx, batch, exs, convs, tok=tok, pad_equals_eos=pad_equals_eos, want=want)
+    return batch, exs, want, segs
+
+
 def differences(ctx, convs, tok, batch, relevant, *, pad_equals_eos=False):
     """Yield (example, position, got, want, ids, segment) where ``relevant`` holds."""
     exs, want = expected_labels(ctx, convs, tok)

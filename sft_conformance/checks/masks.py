@@ -24,11 +24,10 @@ from .engine import (
     run_property,
 )
 from .labels import (
+    collated,
     compare_labels,
     end_tokens,
-    expected_labels,
     label_property,
-    segments_for,
 )
 from .registry import register
 
@@ -146,10 +145,7 @@ def check_multi_turn_policy(ctx: Context) -> None:
     def prop(inputs):
         convs, pad_eos = inputs
         tok = ctx.tokenizer(pad_equals_eos=pad_eos)
-        require_fits(ctx, convs, tok)
-        batch = ctx.collate(convs, tok)
-        exs, want = expected_labels(ctx, convs, tok)
-        segs = segments_for(ctx, batch, exs, convs, tok=tok)
+        batch, exs, want, segs = collated(ctx, convs, tok, pad_equals_eos=pad_eos)
         for i, (conv, ex, seg) in enumerate(zip(convs, exs, segs)):
             if seg is None:
                 continue

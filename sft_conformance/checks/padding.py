@@ -15,11 +15,10 @@ from ..tables import show_token
 from .engine import (
     batch_strategy,
     pad_eos_strategy,
-    require_fits,
     run_property,
 )
 from .labels import (
-    expected_labels,
+    collated,
     first_difference,
     segments_for,
 )
@@ -38,10 +37,7 @@ def check_padding_invariance(ctx: Context) -> None:
     def prop(inputs):
         convs, pad_eos = inputs
         tok = ctx.tokenizer(pad_equals_eos=pad_eos)
-        require_fits(ctx, convs, tok)
-        batch = ctx.collate(convs, tok)
-        exs, want = expected_labels(ctx, convs, tok)
-        segs = segments_for(ctx, batch, exs, convs, tok=tok, pad_equals_eos=pad_eos, want=want)
+        batch, exs, want, segs = collated(ctx, convs, tok, pad_equals_eos=pad_eos)
         real = [s for s in segs if s is not None]
         padded = trained_padding(batch, real, labels_shifted=shifted)
         if padded:
