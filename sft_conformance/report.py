@@ -160,5 +160,9 @@ def write(data: dict, out_dir: Path, command: str) -> tuple[Path, Path]:
     md, js = out_dir / "conformance.md", out_dir / "conformance.json"
     data = dict(data, command=command)
     js.write_text(json.dumps(data, indent=1, default=str) + "\n", encoding="utf-8")
-    md.write_text(render_markdown(data, command), encoding="utf-8")
+    text = render_markdown(data, command)
+    findings = out_dir / "findings.md"  # a library's hand-confirmed findings (issue 13)
+    if findings.is_file():
+        text += "\n" + findings.read_text(encoding="utf-8")
+    md.write_text(text, encoding="utf-8")
     return md, js

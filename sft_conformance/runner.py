@@ -68,7 +68,8 @@ def library_versions() -> dict:
 
     out = {"python": platform.python_version()}
     for dist in ("sft-conformance", "torch", "transformers", "tokenizers", "hypothesis", "trl",
-                 "torchtune", "lm-eval"):
+                 "torchtune", "lm-eval", "litgpt", "verl", "ms-swift", "llamafactory",
+                 "axolotl", "openrlhf"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

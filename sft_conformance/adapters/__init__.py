@@ -11,6 +11,7 @@ from __future__ import annotations
 _TF = "sft_conformance.adapters.transformers_collators"
 _TRL = "sft_conformance.adapters.trl_sft"
 _TT = "sft_conformance.adapters.torchtune_collators"
+_LIT = "sft_conformance.adapters.litgpt"
 
 REGISTRY: dict[str, str] = {
     # transformers
@@ -37,4 +38,21 @@ REGISTRY: dict[str, str] = {
     "torchtune-padded-collate-sft": f"{_TT}:PaddedCollateSFTTarget",
     "torchtune-packed": f"{_TT}:PackedTarget",
     "torchtune-packed-split": f"{_TT}:PackedSplitTarget",
+    # LitGPT (tox -e litgpt)
+    "litgpt-sft-mask-prompt": f"{_LIT}:MaskPromptTarget",
+    "litgpt-sft-default": f"{_LIT}:DefaultTarget",
 }
+
+
+#: the libraries of issue 13, each in its own virtualenv (``tox -e NAME``): name -> (distribution,
+#: prefix of its targets' names). ``sft-conformance report --library NAME`` runs its targets and
+#: writes reports/NAME/.
+LIBRARIES: dict[str, tuple[str, str]] = {
+    "litgpt": ("litgpt", "litgpt-"),
+}
+
+
+def library_targets(library: str) -> list[str]:
+    """The built-in targets of one library of :data:`LIBRARIES`, in registry order."""
+    _dist, prefix = LIBRARIES[library]
+    return [name for name in REGISTRY if name.startswith(prefix)]

@@ -26,6 +26,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--from-json", metavar="PATH",
                         help="rewrite the Markdown from stored results instead of running")
     parser.add_argument("--tokenizer", default=None, metavar="NAME|PATH")
+    parser.add_argument("--library", default=None, metavar="NAME",
+                        help="the targets of one library adapter (litgpt, verl, ...; run it in "
+                             "the library's tox environment), written to reports/NAME/ unless "
+                             "--out is given")
 
 
 def run(args) -> int:
@@ -34,6 +38,16 @@ def run(args) -> int:
     command = "sft-conformance " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if not sys.argv[1:] or sys.argv[1] != "report":  # called from Python, not the command line
         command = "sft-conformance report " + " ".join(shlex.quote(t) for t in args.targets)
+    if getattr(args, "library", None):
+        from sft_conformance.adapters import LIBRARIES, library_targets
+        from sft_conformance.cli import UsageError
+
+        if args.library not in LIBRARIES:
+            raise UsageError(f"unknown library {args.library!r}: one of "
+                             f"{', '.join(LIBRARIES)}")
+        args.targets = list(args.targets) or library_targets(args.library)
+        if args.out == "reports":
+            args.out = f"reports/{args.library}"
     out = Path(args.out)
     if args.from_json:
         from sft_conformance.cli import UsageError

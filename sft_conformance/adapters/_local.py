@@ -1,0 +1,45 @@
+"""Helpers shared by the adapters of libraries that load a tokenizer from a directory (issue 13):
+the tokenizer the suite hands to ``collate`` is saved once per configuration to a temporary
+directory (``save_pretrained``), which the library then loads as a user's local checkpoint. Nothing
+is downloaded."""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import shutil
+import tempfile
+
+_SAVED: dict[str, str] = {}
+
+
+def _key(tokenizer) -> str:
+    parts = [type(tokenizer).__name__, str(tokenizer.name_or_path), str(len(tokenizer)),
+             str(tokenizer.pad_token), str(tokenizer.eos_token), str(tokenizer.bos_token),
+             str(tokenizer.padding_side), tokenizer.chat_template or ""]
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
+
+
+def saved_tokenizer_dir(tokenizer) -> str:
+    """A directory holding ``tokenizer.save_pretrained`` (kept for the process, removed at exit)."""
+    key = _key(tokenizer)
+    if key not in _SAVED:
+        path = tempfile.mkdtemp(prefix=f"sft-conformance-tok-{key}-")
+        tokenizer.save_pretrained(path)
+        _SAVED[key] = path
+    return _SAVED[key]
+
+
+def tokenizer_family(tokenizer) -> str:
+    """The bundled or real template name the tokenizer was loaded as (``chatml``, ``qwen2.5``...),
+    from the ``name_or_path`` that :func:`sft_conformance.assets.load_tokenizer` sets."""
+    name = str(tokenizer.name_or_path or "")
+    name = name.split("+", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+    return name
+
+
+@atexit.register
+def _cleanup() -> None:
+    for path in _SAVED.values():
+        shutil.rmtree(path, ignore_errors=True)
+    _SAVED.clear()
