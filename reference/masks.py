@@ -123,43 +123,112 @@ def _locate_content(turn_text: str, content: str) -> tuple[int, int]:
 
 
 def _spans_from_rendering(conversation, tokenizer, text, offsets, ids, index):
+    """Trained spans of the assistant turns, from where the template renders each one."""
     special = _special_ids(tokenizer)
+    located = _turns_by_prefix(conversation, tokenizer, text)
+    if located is None:  # the template is not prefix-preserving for this conversation
+        located = _turns_by_placeholders(conversation, tokenizer, text, index)
     spans = []
-    for j, message in enumerate(conversation):
-        if message["role"] != "assistant":
-            continue
-        if j:
-            before = render(tokenizer, conversation[:j], add_generation_prompt=True)
-        else:  # nothing precedes: the generation prompt alone is the header
-            before = render(tokenizer, [], add_generation_prompt=True) if _renders_empty(
-                tokenizer) else ""
-        through = render(tokenizer, conversation[: j + 1])
-        if not text.startswith(before) or not text.startswith(through):
-            raise TemplateError(
-                "the chat template is not prefix-stable: rendering the first "
-                f"{j} messages with add_generation_prompt=True does not give a prefix of the whole "
-                "conversation, so turns cannot be located (use {% generation %} tags)",
-                example=index, field=f"messages[{j}]")
-        turn_text = text[len(before):len(through)]
-        try:
-            c0, c1 = _locate_content(turn_text, message["content"])
-        except ValueError:
-            raise TemplateError("the assistant content does not appear in its rendered turn",
-                                example=index, field=f"messages[{j}].content") from None
-        content_start, content_end = len(before) + c0, len(before) + c1
+    for j, header_end, content_start, content_end, turn_end, plain_end in located:
+        span_start = content_start
+        gap = text[header_end:content_start]
+        if gap.strip():  # text the template adds after the generation prompt (a <think> block)
+            span_start = header_end + len(gap) - len(gap.lstrip())
         span_end, end_token = None, None
         for t, (s, e) in enumerate(offsets):
-            if s >= content_end and e <= len(through) and ids[t] in special and e > s:
+            if s >= content_end and e <= turn_end and ids[t] in special and e > s:
                 span_end, end_token = e, t
                 break
-        if span_end is None:
-            span_end = len(before) + len(turn_text.rstrip())
+        if span_end is None:  # no special end token: the turn's text without trailing space
+            span_end = plain_end
         positions = [t for t, (s, e) in enumerate(offsets)
-                     if s < span_end and e > content_start and e > s]
+                     if s < span_end and e > span_start and e > s]
         if not positions:
             continue
         spans.append(TurnSpan(j, positions[0], positions[-1] + 1, end_token))
     return spans
+
+
+def _header(tokenizer, conversation, j) -> str:
+    """What inference feeds before assistant message ``j``: the messages before it rendered
+    with the generation prompt."""
+    if j:
+        return render(tokenizer, conversation[:j], add_generation_prompt=True)
+    return render(tokenizer, [], add_generation_prompt=True) if _renders_empty(tokenizer) else ""
+
+
+def _turns_by_prefix(conversation, tokenizer, text):
+    """``(message, header end, content start, content end, turn end, end without a special
+    token)`` per assistant turn, character offsets in the whole rendering, where
+    each turn's header and the conversation through the turn are prefixes of the whole rendering;
+    None when they are not (a template that is not prefix-preserving)."""
+    out = []
+    for j, message in enumerate(conversation):
+        if message["role"] != "assistant":
+            continue
+        before = _header(tokenizer, conversation, j)
+        through = render(tokenizer, conversation[: j + 1])
+        if not text.startswith(before) or not text.startswith(through):
+            return None
+        try:
+            c0, c1 = _locate_content(text[len(before):len(through)], message["content"])
+        except ValueError:
+            return None
+        turn = text[len(before):len(through)]
+        out.append((j, len(before), len(before) + c0, len(before) + c1, len(through),
+                    len(before) + len(turn.rstrip())))
+    return out
+
+
+def _turns_by_placeholders(conversation, tokenizer, text, index):
+    """The same tuples for a template that is not prefix-preserving (Qwen3 drops reasoning from
+    earlier turns; Mistral's template moves the system prompt): the whole conversation is
+    rendered once more with each content replaced by a placeholder, and the real rendering is
+    walked piece by piece: template text, then a message's content as rendered (possibly
+    trimmed), then template text again. Nothing is searched for, so what a message says cannot
+    move a turn (S11)."""
+    marks = [f"\ue000{j}\ue001" for j in range(len(conversation))]
+    skeleton = render(tokenizer, [dict(m, content=marks[j]) for j, m in enumerate(conversation)])
+    glue, order, pos = [], [], 0
+    for match in re.finditer("\ue000(\\d+)\ue001", skeleton):
+        glue.append(skeleton[pos:match.start()])
+        order.append(int(match.group(1)))
+        pos = match.end()
+    glue.append(skeleton[pos:])
+    where, cursor = {}, 0
+    for k, j in enumerate(order):
+        if not text.startswith(glue[k], cursor):
+            raise TemplateError("the chat template renders this conversation differently from "
+                                "its own skeleton, so turns cannot be located (use "
+                                "{% generation %} tags)", example=index, field="conversation")
+        cursor += len(glue[k])
+        content = conversation[j]["content"]
+        last = k + 1 == len(order)
+        for shown in dict.fromkeys((content, content.strip(), content.lstrip(), content.rstrip())):
+            end = cursor + len(shown)
+            if text.startswith(shown, cursor) and (
+                    text[end:] == glue[-1] if last else text.startswith(glue[k + 1], end)):
+                break
+        else:
+            raise TemplateError(f"the content of message {j} is not rendered verbatim, so its "
+                                "turn cannot be located (use {% generation %} tags)",
+                                example=index, field=f"messages[{j}].content")
+        where[j] = (cursor - len(glue[k]), cursor, end)
+        cursor = end
+    out = []
+    starts = sorted(c0 for _, c0, _ in where.values()) + [len(text)]
+    for j, message in enumerate(conversation):
+        if message["role"] != "assistant" or j not in where:
+            continue
+        glue_start, c0, c1 = where[j]
+        prompt = _header(tokenizer, conversation, j)
+        generation = prompt[len(render(tokenizer, conversation[:j])):] if j else ""
+        head = text.rfind(generation, glue_start, c0) if generation else -1
+        header_end = head + len(generation) if head >= 0 else c0
+        nxt = [s for s in starts if s > c0]
+        turn_end = nxt[0] if nxt else len(text)
+        out.append((j, header_end, c0, c1, turn_end, c1))
+    return out
 
 
 def _renders_empty(tokenizer) -> bool:
@@ -196,19 +265,24 @@ def _spans_from_generation_tags(conversation, tokenizer, ids, index):
 TOKENIZATIONS = ("whole", "per_turn")
 
 
-def _tokenize_per_turn(conversation, tokenizer, text):
+def _tokenize_per_turn(conversation, tokenizer, text, index):
     """Ids and offsets of ``text`` tokenized piece by piece: each assistant turn's prompt (the
     text since the previous turn's end, through the generation prompt, as inference renders
-    it) and its response (content through the end of the turn) apart."""
+    it) and its response (from there through the end of the turn) apart."""
+    located = _turns_by_prefix(conversation, tokenizer, text)
+    if located is not None:
+        ends = [turn_end for *_, turn_end, _ in located]
+    else:  # not prefix-preserving: the response ends with its end-of-turn token
+        located = _turns_by_placeholders(conversation, tokenizer, text, index)
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        special = _special_ids(tokenizer)
+        found = [[e for t, (s, e) in enumerate(enc["offset_mapping"])
+                  if s >= c1 and e <= turn_end and e > s and enc["input_ids"][t] in special]
+                 for _, _, _, c1, turn_end, _ in located]
+        ends = [f[0] if f else plain for f, (*_, plain) in zip(found, located)]
     cuts = [0]
-    for j, message in enumerate(conversation):
-        if message["role"] != "assistant":
-            continue
-        before = (render(tokenizer, conversation[:j], add_generation_prompt=True) if j else
-                  render(tokenizer, [], add_generation_prompt=True) if _renders_empty(tokenizer)
-                  else "")
-        through = render(tokenizer, conversation[: j + 1])
-        cuts += [len(before), len(through)]
+    for (_, header_end, *_), end in zip(located, ends):
+        cuts += [header_end, end]
     cuts.append(len(text))
     ids, offsets = [], []
     for a, b in zip(cuts, cuts[1:]):
@@ -242,7 +316,7 @@ def build_example(conversation, tokenizer, *, policy: str = "all", index: int = 
         raise TemplateError(f"the chat template failed to render: {exc}", example=index,
                             field="conversation") from exc
     if tokenization == "per_turn":
-        ids, offsets = _tokenize_per_turn(conversation, tokenizer, text)
+        ids, offsets = _tokenize_per_turn(conversation, tokenizer, text, index)
         spans = _spans_from_rendering(conversation, tokenizer, text, offsets, ids, index)
     else:
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)

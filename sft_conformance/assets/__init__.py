@@ -123,6 +123,14 @@ def template_names() -> list[str]:
     return list(TEMPLATES)
 
 
+def tokenizer_names() -> list[str]:
+    """Every bundled name: the templates on the bundled vocabularies, then the real families
+    (:mod:`sft_conformance.assets.families`, behind the ``tokenizers`` extra)."""
+    from .families import family_names
+
+    return template_names() + family_names()
+
+
 def _char_tokenizer_object():
     from tokenizers import Tokenizer, decoders, models
 
@@ -137,12 +145,19 @@ def _char_tokenizer_object():
 def load_tokenizer(name: str = "chatml", *, pad_equals_eos: bool = False):
     """Return a fast Hugging Face tokenizer with the named bundled chat template.
 
-    ``name`` is one of :func:`template_names`, or a local directory holding a tokenizer saved with
+    ``name`` is one of :func:`tokenizer_names` (a real family is built from its registry
+    package at first use and cached), or a local directory holding a tokenizer saved with
     ``save_pretrained`` (its own chat template is used). ``pad_equals_eos`` makes the pad token the
     end-of-turn token, the setting behind S4 bugs.
     """
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+    from .families import FAMILIES
+
+    if name in FAMILIES:
+        from .families import load
+
+        return load(name, pad_equals_eos=pad_equals_eos)
     if name not in TEMPLATES:
         path = Path(name)
         if path.is_dir():
@@ -151,7 +166,7 @@ def load_tokenizer(name: str = "chatml", *, pad_equals_eos: bool = False):
                 tok.pad_token = tok.eos_token
             return tok
         raise ValueError(
-            f"unknown tokenizer {name!r}: expected one of {', '.join(TEMPLATES)} "
+            f"unknown tokenizer {name!r}: expected one of {', '.join(tokenizer_names())} "
             "or the path of a local tokenizer directory"
         )
     spec = TEMPLATES[name]
