@@ -12,6 +12,7 @@ _TF = "sft_conformance.adapters.transformers_collators"
 _TRL = "sft_conformance.adapters.trl_sft"
 _TT = "sft_conformance.adapters.torchtune_collators"
 _LIT = "sft_conformance.adapters.litgpt"
+_VERL = "sft_conformance.adapters.verl"
 
 REGISTRY: dict[str, str] = {
     # transformers
@@ -41,6 +42,9 @@ REGISTRY: dict[str, str] = {
     # LitGPT (tox -e litgpt)
     "litgpt-sft-mask-prompt": f"{_LIT}:MaskPromptTarget",
     "litgpt-sft-default": f"{_LIT}:DefaultTarget",
+    # verl (tox -e verl)
+    "verl-multiturn-sft": f"{_VERL}:MultiTurnNoPaddingTarget",
+    "verl-multiturn-sft-right": f"{_VERL}:MultiTurnRightPaddingTarget",
 }
 
 
@@ -49,6 +53,7 @@ REGISTRY: dict[str, str] = {
 #: writes reports/NAME/.
 LIBRARIES: dict[str, tuple[str, str]] = {
     "litgpt": ("litgpt", "litgpt-"),
+    "verl": ("verl", "verl-"),
 }
 
 

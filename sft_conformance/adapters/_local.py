@@ -43,3 +43,22 @@ def _cleanup() -> None:
     for path in _SAVED.values():
         shutil.rmtree(path, ignore_errors=True)
     _SAVED.clear()
+
+
+def varlen_forward(model, batch):
+    """The model call of a padding-free (varlen) batch, as flash-attention's ``cu_seqlens`` path
+    computes it, on CPU: a block-diagonal causal mask built from the documents of each row
+    (``position_ids`` restarting at 0), given as a 4-D additive mask, with the position ids."""
+    import torch
+
+    input_ids, position_ids = batch["input_ids"], batch["position_ids"]
+    docs = torch.cumsum((position_ids == 0).long(), dim=-1)
+    same = docs[:, :, None] == docs[:, None, :]
+    t = input_ids.shape[-1]
+    causal = torch.ones(t, t, dtype=torch.bool).tril()
+    allowed = (same & causal)[:, None]
+    dtype = next(model.parameters()).dtype
+    additive = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed,
+                                                                   torch.finfo(dtype).min)
+    return model(input_ids=input_ids, position_ids=position_ids, attention_mask=additive,
+                 use_cache=False).logits

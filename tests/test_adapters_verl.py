@@ -1,0 +1,80 @@
+"""The verl adapters (issue 13). verl runs in its own virtualenv (``tox -e verl``); in the default
+test run it is not installed and everything below but the declarations skips.
+
+Hand-confirmed behaviours of verl 0.9.1 are pinned here with the smallest conversation; the
+verdicts of every check are pinned in :data:`PINNED` (see tests/library_pins.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+from library_pins import compare, require_version
+
+from sft_conformance.target import declared, load_target
+
+NAMES = ("verl-multiturn-sft", "verl-multiturn-sft-right")
+VERSION = "0.9.1"
+P, S = "passed", "skipped"
+HAVE_VERL = importlib.util.find_spec("verl") is not None
+# the bundled BPE merges 'assistant\n' with the first word; verl masks len(generation prompt) ids
+S2_MERGE = ("failed", "check", "S2: an assistant token is not trained (or is trained with the "
+                               "wrong label)")
+
+PINNED = {
+    "verl-multiturn-sft": {"S1": P, "S2": S2_MERGE, "S3": P, "S4": P, "S5": P, "S6": S, "S7": S,
+                           "S8": P, "S9": P, "S10": P, "S11": P, "S12": P},
+    "verl-multiturn-sft-right": {"S1": P, "S2": S2_MERGE, "S3": P, "S4": P, "S5": P, "S6": S,
+                                 "S7": S, "S8": S, "S9": P, "S10": P, "S11": P, "S12": P},
+}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_declarations_without_verl(name):
+    d = declared(load_target(name))
+    assert "verl" in d.requires and "tox -e verl" in d.install_hint
+    assert d.trains_after_eot and d.overlong == "raise" and d.tokenization == "whole"
+    if not HAVE_VERL:
+        assert "verl" in d.missing
+
+
+@pytest.fixture(scope="module")
+def chatml():
+    pytest.importorskip("verl", reason="verl is not installed: tox -e verl")
+    from sft_conformance.assets import load_tokenizer
+
+    return load_tokenizer("chatml")
+
+
+def _trained(batch, tok, row=0):
+    ids, labels = batch["input_ids"][row].tolist(), batch["labels"][row].tolist()
+    return [tok.decode([i]) for i, lab in zip(ids, labels) if lab != -100]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_trains_content_end_token_and_the_newline_after_it(chatml, name):
+    conv = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "4"},
+            {"role": "user", "content": "3"}, {"role": "assistant", "content": "6"}]
+    batch = load_target(name).collate([conv], chatml, 64)
+    assert _trained(batch, chatml) == ["4", "<|im_end|>", "\n", "6", "<|im_end|>", "\n"]
+
+
+def test_generation_prompt_masked_by_its_token_length(chatml):
+    """verl masks the first len(tokenize('<|im_start|>assistant\\n')) = 2 ids of an assistant
+    message; the bundled BPE merges 'assistant\\n' with 'the ' into one token, so the second
+    masked id is the first content token (a real tokenizer such as Qwen2.5's does not merge)."""
+    conv = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "the answer"}]
+    batch = load_target("verl-multiturn-sft").collate([conv], chatml, 512)
+    assert _trained(batch, chatml) == ["answer", "<|im_end|>", "\n"]
+
+
+def test_overlong_raises(chatml):
+    conv = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "the answer"}]
+    with pytest.raises(ValueError, match="is larger than"):
+        load_target("verl-multiturn-sft").collate([conv], chatml, 8)
+
+
+@pytest.mark.parametrize("target", list(PINNED))
+def test_pinned_verdicts(target):
+    require_version("verl", "verl", VERSION)
+    compare(target, PINNED[target])
