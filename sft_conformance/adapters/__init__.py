@@ -13,6 +13,8 @@ _TRL = "sft_conformance.adapters.trl_sft"
 _TT = "sft_conformance.adapters.torchtune_collators"
 _LIT = "sft_conformance.adapters.litgpt"
 _VERL = "sft_conformance.adapters.verl"
+_SWIFT = "sft_conformance.adapters.ms_swift"
+_LF = "sft_conformance.adapters.llamafactory"
 
 REGISTRY: dict[str, str] = {
     # transformers
@@ -45,6 +47,17 @@ REGISTRY: dict[str, str] = {
     # verl (tox -e verl)
     "verl-multiturn-sft": f"{_VERL}:MultiTurnNoPaddingTarget",
     "verl-multiturn-sft-right": f"{_VERL}:MultiTurnRightPaddingTarget",
+    # ms-swift (tox -e ms-swift)
+    "ms-swift-sft": f"{_SWIFT}:SftTarget",
+    "ms-swift-sft-last-round": f"{_SWIFT}:LastRoundTarget",
+    "ms-swift-sft-padding-free": f"{_SWIFT}:PaddingFreeTarget",
+    "ms-swift-sft-packing": f"{_SWIFT}:PackingTarget",
+    "ms-swift-sft-jinja": f"{_SWIFT}:JinjaBackendTarget",
+    # LLaMA-Factory (tox -e llamafactory)
+    "llamafactory-sft": f"{_LF}:SftTarget",
+    "llamafactory-sft-mask-history": f"{_LF}:MaskHistoryTarget",
+    "llamafactory-sft-packing": f"{_LF}:PackingTarget",
+    "llamafactory-sft-neat-packing": f"{_LF}:NeatPackingTarget",
 }
 
 
@@ -54,6 +67,8 @@ REGISTRY: dict[str, str] = {
 LIBRARIES: dict[str, tuple[str, str]] = {
     "litgpt": ("litgpt", "litgpt-"),
     "verl": ("verl", "verl-"),
+    "ms-swift": ("ms-swift", "ms-swift-"),
+    "llamafactory": ("llamafactory", "llamafactory-"),
 }
 
 
