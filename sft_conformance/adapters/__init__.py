@@ -15,6 +15,7 @@ _LIT = "sft_conformance.adapters.litgpt"
 _VERL = "sft_conformance.adapters.verl"
 _SWIFT = "sft_conformance.adapters.ms_swift"
 _LF = "sft_conformance.adapters.llamafactory"
+_ORLHF = "sft_conformance.adapters.openrlhf"
 
 REGISTRY: dict[str, str] = {
     # transformers
@@ -58,6 +59,9 @@ REGISTRY: dict[str, str] = {
     "llamafactory-sft-mask-history": f"{_LF}:MaskHistoryTarget",
     "llamafactory-sft-packing": f"{_LF}:PackingTarget",
     "llamafactory-sft-neat-packing": f"{_LF}:NeatPackingTarget",
+    # OpenRLHF (tox -e openrlhf)
+    "openrlhf-sft-multiturn": f"{_ORLHF}:MultiturnTarget",
+    "openrlhf-sft": f"{_ORLHF}:SingleTurnTarget",
 }
 
 
@@ -69,6 +73,7 @@ LIBRARIES: dict[str, tuple[str, str]] = {
     "verl": ("verl", "verl-"),
     "ms-swift": ("ms-swift", "ms-swift-"),
     "llamafactory": ("llamafactory", "llamafactory-"),
+    "openrlhf": ("openrlhf", "openrlhf-"),
 }
 
 
