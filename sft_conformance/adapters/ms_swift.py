@@ -161,6 +161,7 @@ class JinjaBackendTarget(_SwiftTarget):
     known_failures = {
         c: "template_backend='jinja' in train mode: the whole rendered conversation is one "
            "context with loss_scale 1 (only the first token is left out): system, user turns "
-           "and headers are trained. ms-swift documents the jinja backend for inference; swift "
-           "sft accepts it without a warning" for c in ("S3", "S10")
+           "and headers are trained. ms-swift documents the jinja backend for inference and "
+           "swift sft accepts it without a warning (modelscope/ms-swift#5443, #9277)"
+        for c in ("S3", "S10")
     }
