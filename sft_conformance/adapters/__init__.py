@@ -16,6 +16,7 @@ _VERL = "sft_conformance.adapters.verl"
 _SWIFT = "sft_conformance.adapters.ms_swift"
 _LF = "sft_conformance.adapters.llamafactory"
 _ORLHF = "sft_conformance.adapters.openrlhf"
+_AXO = "sft_conformance.adapters.axolotl"
 
 REGISTRY: dict[str, str] = {
     # transformers
@@ -62,6 +63,10 @@ REGISTRY: dict[str, str] = {
     # OpenRLHF (tox -e openrlhf)
     "openrlhf-sft-multiturn": f"{_ORLHF}:MultiturnTarget",
     "openrlhf-sft": f"{_ORLHF}:SingleTurnTarget",
+    # axolotl (tox -e axolotl)
+    "axolotl-chat-template": f"{_AXO}:ChatTemplateTarget",
+    "axolotl-chat-template-eos-all": f"{_AXO}:EosAllTarget",
+    "axolotl-sample-packing": f"{_AXO}:SamplePackingTarget",
 }
 
 
@@ -74,6 +79,7 @@ LIBRARIES: dict[str, tuple[str, str]] = {
     "ms-swift": ("ms-swift", "ms-swift-"),
     "llamafactory": ("llamafactory", "llamafactory-"),
     "openrlhf": ("openrlhf", "openrlhf-"),
+    "axolotl": ("axolotl", "axolotl-"),
 }
 
 
