@@ -1,0 +1,78 @@
+"""The OpenRLHF adapters (issue 13). OpenRLHF runs in its own virtualenv (``tox -e openrlhf``); in
+the default test run it is not installed and everything below but the declarations skips.
+
+Hand-confirmed behaviours of openrlhf 0.11.2 are pinned here with the smallest conversation; the
+verdicts of every check are pinned in :data:`PINNED` (see tests/library_pins.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+from library_pins import compare, require_version
+
+from sft_conformance.target import declared, load_target
+
+NAMES = ("openrlhf-sft-multiturn", "openrlhf-sft")
+VERSION = "0.11.2"
+P, S = "passed", "skipped"
+HAVE = importlib.util.find_spec("openrlhf") is not None
+# the bundled BPE merges 'assistant\n' with the first word; OpenRLHF counts prompt tokens apart
+S2_MERGE = ("failed", "check", "S2: an assistant token is not trained (or is trained with the "
+                               "wrong label)")
+
+PINNED = {
+    "openrlhf-sft-multiturn": {
+        # the last response's range runs one past the stripped text: the first pad is trained
+        "S1": ("failed", "check", "S1: example 1 (batch row 1) is followed by an extra trained "
+                                  "token"),
+        "S2": S2_MERGE,
+        # with the merge, an earlier turn's range shifts by one onto the next '<|im_start|>'
+        "S3": ("failed", "check", "S3: a token outside the assistant's turns is trained"),
+        "S4": P,
+        "S5": ("failed", "check", "S5: padding is trained"),
+        "S6": S, "S7": S, "S8": S, "S9": P, "S10": P, "S11": P, "S12": P,
+    },
+    "openrlhf-sft": {"S1": P, "S2": S2_MERGE, "S3": P, "S4": P, "S5": P, "S6": S, "S7": S,
+                     "S8": S, "S9": P, "S10": P, "S11": P, "S12": P},
+}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_declarations_without_openrlhf(name):
+    d = declared(load_target(name))
+    assert "openrlhf" in d.requires and "tox -e openrlhf" in d.install_hint
+    assert d.labels_shifted
+    if not HAVE:
+        assert "openrlhf" in d.missing
+
+
+@pytest.fixture(scope="module")
+def chatml():
+    pytest.importorskip("openrlhf", reason="openrlhf is not installed: tox -e openrlhf")
+    from sft_conformance.assets import load_tokenizer
+
+    return load_tokenizer("chatml")
+
+
+def _targets(batch, tok, row):
+    """(input token, the token it is trained to predict next) for every trained position."""
+    ids, labels = batch["input_ids"][row].tolist(), batch["labels"][row].tolist()
+    return [(tok.decode([ids[t]]), tok.decode([labels[t]])) for t in range(len(ids))
+            if labels[t] != -100]
+
+
+def test_multiturn_last_range_trains_the_first_pad(chatml):
+    long = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "4"},
+            {"role": "user", "content": "3"}, {"role": "assistant", "content": "6"}]
+    short = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "4"}]
+    batch = load_target("openrlhf-sft-multiturn").collate([long, short], chatml, 64)
+    # row 1 is right-padded: after its '<|im_end|>' the model is asked to predict '<pad>'
+    assert _targets(batch, chatml, 1) == [("assistant\n", "4"), ("4", "<|im_end|>"),
+                                          ("<|im_end|>", "<pad>")]
+
+
+@pytest.mark.parametrize("target", list(PINNED))
+def test_pinned_verdicts(target):
+    require_version("openrlhf", "openrlhf", VERSION)
+    compare(target, PINNED[target])
