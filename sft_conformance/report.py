@@ -161,8 +161,9 @@ def write(data: dict, out_dir: Path, command: str) -> tuple[Path, Path]:
     data = dict(data, command=command)
     js.write_text(json.dumps(data, indent=1, default=str) + "\n", encoding="utf-8")
     text = render_markdown(data, command)
-    findings = out_dir / "findings.md"  # a library's hand-confirmed findings (issue 13)
-    if findings.is_file():
-        text += "\n" + findings.read_text(encoding="utf-8")
+    # a library's hand-confirmed findings, the summary of the library reports (issue 13)
+    for extra in ("findings.md", "libraries.md"):
+        if (out_dir / extra).is_file():
+            text += "\n" + (out_dir / extra).read_text(encoding="utf-8")
     md.write_text(text, encoding="utf-8")
     return md, js
