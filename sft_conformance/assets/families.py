@@ -226,8 +226,9 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            "tokens; no end token after a user turn"),
     Family("mistral", "mistral-common", MISTRAL_TEMPLATE, "</s>", "<unk>", "</s>", "<s>",
            "SentencePiece v3 ('▁' joins the space before a response to its first word); "
-           "[INST] ... [/INST] with no end token after user turns; the system prompt moves to "
-           "the last user message (not prefix-preserving)",
+           "[INST] ... [/INST] with no end token after user turns; the system prompt is "
+           "rendered only into a final user message, so a conversation ending with the "
+           "assistant loses it (not prefix-preserving)",
            prefix_preserving=False),
 )}
 
