@@ -186,7 +186,8 @@ def _turns_by_placeholders(conversation, tokenizer, text, index):
     rendered once more with each content replaced by a placeholder, and the real rendering is
     walked piece by piece: template text, then a message's content as rendered (possibly
     trimmed), then template text again. Nothing is searched for, so what a message says cannot
-    move a turn (S11)."""
+    move a turn (S11); only content the template transforms (Qwen3 drops reasoning from an
+    earlier turn) is taken to run up to the template text that follows it."""
     marks = [f"\ue000{j}\ue001" for j in range(len(conversation))]
     skeleton = render(tokenizer, [dict(m, content=marks[j]) for j, m in enumerate(conversation)])
     glue, order, pos = [], [], 0
@@ -209,10 +210,14 @@ def _turns_by_placeholders(conversation, tokenizer, text, index):
             if text.startswith(shown, cursor) and (
                     text[end:] == glue[-1] if last else text.startswith(glue[k + 1], end)):
                 break
-        else:
-            raise TemplateError(f"the content of message {j} is not rendered verbatim, so its "
-                                "turn cannot be located (use {% generation %} tags)",
-                                example=index, field=f"messages[{j}].content")
+        else:  # rendered transformed (Qwen3 splits reasoning off content): up to what follows
+            end = (len(text) - len(glue[-1]) if last and text.endswith(glue[-1])
+                   else -1 if last else text.find(glue[k + 1], cursor))
+            if end < cursor:
+                raise TemplateError(f"the content of message {j} cannot be found between the "
+                                    "template text around it, so its turn cannot be located "
+                                    "(use {% generation %} tags)", example=index,
+                                    field=f"messages[{j}].content")
         where[j] = (cursor - len(glue[k]), cursor, end)
         cursor = end
     out = []

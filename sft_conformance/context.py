@@ -58,9 +58,10 @@ class Context:
 
     def model(self):
         if self._model is None:
-            from .assets import tiny_model
+            from .assets import CHECK_MODEL_VOCAB, tiny_model
 
-            self._model = tiny_model(self.tokenizer(), seed=self.seed)
+            self._model = tiny_model(self.tokenizer(), seed=self.seed,
+                                     max_vocab=CHECK_MODEL_VOCAB)
         return self._model
 
     # -- calls into the target, validated ---------------------------------------------------

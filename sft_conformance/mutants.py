@@ -572,3 +572,17 @@ KILLS = {
 }
 
 BUGS = {cls.name: (cls.__doc__ or "").strip().replace("\n    ", " ") for cls in _ALL}
+
+
+def not_applicable(name: str, tokenizer) -> str | None:
+    """Why mutant ``name``'s bug cannot occur under ``tokenizer`` (None when it can): the
+    mutant x tokenizer table says so instead of counting a survivor."""
+    if name == "mutant-double-bos" and tokenizer.bos_token is None:
+        return ("the tokenizer has no bos token (the Qwen families), so there is no bos to "
+                "double")
+    if name in ("mutant-header-first-occurrence", "mutant-header-last-occurrence"):
+        if not _header(tokenizer):
+            return ("the template has no generation prompt (Mistral: the response follows "
+                    "[/INST] directly), so there is no assistant header string to search for")
+    return None
+

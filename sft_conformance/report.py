@@ -96,7 +96,7 @@ def run_matrix(targets, *, profile="ci", tokenizer=None, progress=print) -> dict
         statuses = " ".join(f"{c['id']}:{c['status']}" for c in entry["checks"])
         progress(f"{spec}: {statuses or entry['error']} ({entry['seconds']}s)")
     return {"generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "versions": library_versions(), "profile": profile,
+            "versions": library_versions(), "profile": profile, "tokenizer": tokenizer,
             "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores, "
                        f"{platform.system()}",
             "seconds": round(time.perf_counter() - started, 1), "runs": runs}
@@ -106,13 +106,45 @@ def _cell(check: dict) -> str:
     return SYMBOL.get(check["status"], check["status"])
 
 
+def _tokenizer_line(name: str | None) -> str:
+    if not name:
+        return "the tiny bundled model and tokenizers"
+    from .assets.families import FAMILIES
+
+    family = FAMILIES.get(name)
+    if family is None:
+        return f"the tiny bundled model and the tokenizer `{name}`"
+    return (f"the tokenizer `{name}` (a real vocabulary from the `{family.package}` package: "
+            f"{family.quirk}; targets meant for a template with generation tags run on "
+            f"`{name}-generation` where it exists) and the tiny check model")
+
+
+def compare_with(data: dict, baseline: dict) -> list[str]:
+    """Lines saying where this matrix's verdicts differ from ``baseline``'s (the bundled run)."""
+    before = {run["spec"]: {c["id"]: c["status"] for c in run.get("checks", [])}
+              for run in baseline.get("runs", [])}
+    lines = []
+    for run in data["runs"]:
+        old = before.get(run["spec"])
+        if old is None:
+            continue
+        for c in run.get("checks", []):
+            was = old.get(c["id"])
+            if was is not None and was != c["status"]:
+                lines.append(f"- `{run['spec']}` {c['id']}: {was} with the bundled tokenizers, "
+                             f"{c['status']} here")
+    return lines or ["- no verdict differs from the bundled run"]
+
+
 def render_markdown(data: dict, command: str) -> str:
     ids = [c.id for c in CHECKS]
     names = {c.id: c.name for c in CHECKS}
-    lines = ["# Conformance matrix", "",
+    title = "# Conformance matrix" + (f": tokenizer `{data['tokenizer']}`"
+                                      if data.get("tokenizer") else "")
+    lines = [title, "",
              "Which SFT stacks conform to the specification S1-S12 (docs/specification.md), "
-             "checked with "
-             "the tiny bundled model and tokenizers. ✓ passed, ✗ failed, xfail a failure the "
+             f"checked with {_tokenizer_line(data.get('tokenizer'))}. ✓ passed, ✗ failed, "
+             "xfail a failure the "
              "target declares (reason below), – skipped (reason below), error the target raised.",
              "", f"- Command: `{command}`", f"- Generated: {data['generated']} on "
              f"{data['machine']}, profile `{data['profile']}`, {data['seconds']} s",
@@ -133,6 +165,11 @@ def render_markdown(data: dict, command: str) -> str:
               "its library's trainer makes) where it declares one; the last column re-runs S5 "
               "and S8 as a hand-written loop calls the model: `model(input_ids, "
               "attention_mask, position_ids)` with the default config.", ""]
+    if data.get("compared"):
+        lines += ["## Compared with the bundled tokenizers (reports/conformance.json)", "",
+                  *data["compared"], ""]
+    if data.get("notes"):
+        lines += ["## Notes (confirmed by hand)", "", data["notes"].strip(), ""]
     lines += ["## Skipped and declared", ""]
     for run in data["runs"]:
         notes = [f"{c['id']} {c['status']}: {c['message'].splitlines()[0]}"
@@ -156,14 +193,17 @@ def render_markdown(data: dict, command: str) -> str:
 
 
 def write(data: dict, out_dir: Path, command: str) -> tuple[Path, Path]:
+    """``conformance.{md,json}``, or ``conformance-<tokenizer>.{md,json}`` for a named
+    tokenizer's matrix."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    md, js = out_dir / "conformance.md", out_dir / "conformance.json"
+    tok = data.get("tokenizer")
+    stem = f"conformance-{tok}" if tok and "/" not in tok and "\\" not in tok else "conformance"
+    md, js = out_dir / f"{stem}.md", out_dir / f"{stem}.json"
     data = dict(data, command=command)
     js.write_text(json.dumps(data, indent=1, default=str) + "\n", encoding="utf-8")
     text = render_markdown(data, command)
-    # a library's hand-confirmed findings, the summary of the library reports (issue 13)
-    for extra in ("findings.md", "libraries.md"):
-        if (out_dir / extra).is_file():
-            text += "\n" + (out_dir / extra).read_text(encoding="utf-8")
+    # the one-line-per-configuration summary of the library reports (issue 13)
+    if (out_dir / "libraries.md").is_file():
+        text += "\n" + (out_dir / "libraries.md").read_text(encoding="utf-8")
     md.write_text(text, encoding="utf-8")
     return md, js

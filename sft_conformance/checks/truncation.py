@@ -24,7 +24,7 @@ from .labels import (
     expected_labels,
     segments_for,
 )
-from .loss import random_logits
+from .loss import COMPACT_VOCAB, compact_labels, random_logits
 from .registry import register
 
 # -- S9 -----------------------------------------------------------------------------------------
@@ -54,13 +54,21 @@ def _collates_untruncated(ctx, convs, tok) -> bool:
     return True
 
 
-def real_pieces(batch, pad_id):
+def real_pieces(batch, pad_id, *, labels_shifted: bool = False):
     """The non-padding pieces of the batch: documents (split where positions restart) or rows,
-    as ``(segment, ids)``; a piece made only of pad tokens is padding."""
+    as ``(segment, ids)``; a piece made only of pad tokens is padding. A trailing pad id that
+    is trained is real: with pad == eos (DeepSeek ships it so) it is the end-of-turn token."""
+    labels = batch["labels"]
+
+    def trained(row, t):
+        at = t - 1 if labels_shifted else t
+        return 0 <= at < labels.shape[1] and int(labels[row, at]) != IGNORE_INDEX
+
     pieces = []
     for seg in document_segments(batch):
         ids = batch["input_ids"][seg.row, seg.start : seg.stop].tolist()
-        while ids and ids[-1] == pad_id and seg.stop > seg.start:
+        while (ids and ids[-1] == pad_id and seg.stop > seg.start
+               and not trained(seg.row, seg.stop - 1)):
             ids.pop()
             seg = Segment(seg.row, seg.start, seg.stop - 1)
         lead = 0
@@ -117,7 +125,7 @@ def check_truncation(ctx: Context) -> None:
                 conversations=convs,
                 max_length=cap,
             )
-        pieces = real_pieces(batch, pad)
+        pieces = real_pieces(batch, pad, labels_shifted=shifted)
         for seg, ids in pieces:
             if len(ids) > cap:
                 fail(
@@ -269,8 +277,9 @@ def check_truncation(ctx: Context) -> None:
                             example=i,
                         )
         if ctx.decl.has_loss:
-            logits = random_logits(batch, len(tok), 0)
-            value = ctx.loss(logits, batch["labels"]).detach()
+            (labels,), columns, _ = compact_labels([batch["labels"]], len(tok))
+            logits = random_logits(batch, columns, 0)
+            value = ctx.loss(logits, labels).detach()
             if not torch.isfinite(value) or float(value) == 0.0:
                 fail(
                     ctx,
@@ -296,7 +305,7 @@ def _check_all_masked_loss(ctx, tok):
     conv = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]
     batch = ctx.collate([conv], tok)
     labels = torch.full_like(batch["labels"], IGNORE_INDEX)
-    logits = random_logits(batch, len(tok), 0)
+    logits = random_logits(batch, min(len(tok), COMPACT_VOCAB), 0)
     import warnings
 
     with warnings.catch_warnings():

@@ -13,6 +13,10 @@ def add_arguments(parser) -> None:
                         help="run only these mutants (and no correct target); repeatable")
     parser.add_argument("--no-correct", action="store_true",
                         help="skip the correct-but-different catalogue")
+    parser.add_argument("--tokenizer", action="append", default=None, metavar="NAME",
+                        help="also run everything with this tokenizer (a real family such as "
+                             "qwen2.5 or mistral, see 'targets --tokenizers'); repeatable; "
+                             "adds the mutant x tokenizer and correct x tokenizer tables")
 
 
 def _judged(run_, check_id):
@@ -20,43 +24,48 @@ def _judged(run_, check_id):
     return r.judged if r is not None else 0
 
 
-def run(args) -> int:
-    import os
-    import time
-
+def _one_tokenizer(args, tokenizer):
+    """Kill rows, survivors, correct rows and false alarms under one tokenizer (None: each
+    target's own)."""
     from tabulate import tabulate
 
-    from sft_conformance.cli import UsageError
-    from sft_conformance.mutants import BUGS, KILLS
-    from sft_conformance.runner import check_target, library_versions
+    from sft_conformance.mutants import BUGS, KILLS, not_applicable
+    from sft_conformance.runner import check_target
 
-    unknown = sorted(set(args.mutant or ()) - set(KILLS))
-    if unknown:
-        raise UsageError(f"unknown mutant(s) {', '.join(unknown)}: see 'sft-conformance "
-                         "targets --all'")
-    started = time.perf_counter()
-    rows, survivors = [], []
+    tok = None
+    if tokenizer is not None:
+        from sft_conformance.assets import load_tokenizer
+
+        tok = load_tokenizer(tokenizer)
+    where = "" if tokenizer is None else f" under {tokenizer}"
+    rows, survivors, cells = [], [], {}
     for name, meant in KILLS.items():
         if args.mutant and name not in args.mutant:
             continue
-        run_ = check_target(name, profile=args.profile,
+        why = not_applicable(name, tok) if tok is not None else None
+        if why:
+            cells[name] = f"n/a: {why}"
+            rows.append([name, meant, "n/a", 0, "", why[:80]])
+            print(f"{name}: n/a{where}: {why}", flush=True)
+            continue
+        run_ = check_target(name, profile=args.profile, tokenizer=tokenizer,
                             only=[meant] if args.only_meant else None)
         status = {r.id: r.status for r in run_.results}
         caught_by = [r.id for r in run_.results if r.status in ("failed", "error")]
         killed = status.get(meant) == "failed"
         if not killed:
             survivors.append(name)
+        cells[name] = (f"killed ({_judged(run_, meant)})" if killed
+                       else f"SURVIVED ({status.get(meant, run_.error)})")
         rows.append([name, meant, "killed" if killed else "SURVIVED", _judged(run_, meant),
                      " ".join(caught_by), BUGS[name].split(". ")[0][:80]])
-        print(f"{name}: {meant} {'killed' if killed else 'SURVIVED'}", flush=True)
-    kills = tabulate(rows, headers=["mutant", "meant for", "verdict", "judged", "failed checks",
-                                    "bug"], tablefmt="github")
-    passes, false_alarms, correct_rows = "", [], []
+        print(f"{name}: {meant} {'killed' if killed else 'SURVIVED'}{where}", flush=True)
+    false_alarms, correct_rows, passes_cells = [], [], {}
     if not args.mutant and not args.no_correct:
         from sft_conformance.targets.correct import HOW
 
         for name in HOW:
-            run_ = check_target(name, profile=args.profile)
+            run_ = check_target(name, profile=args.profile, tokenizer=tokenizer)
             bad = [f"{r.id} {r.status}" for r in run_.results
                    if r.status not in ("passed", "skipped")]
             if run_.error or bad:
@@ -64,26 +73,87 @@ def run(args) -> int:
             judged = " ".join(f"{r.id}:{r.judged}" for r in run_.results
                               if r.status == "passed")
             skipped = " ".join(r.id for r in run_.results if r.status == "skipped")
-            correct_rows.append([name, "FALSE ALARM: " + ", ".join(bad) if bad else
-                                 (run_.error or "passes"), judged, skipped or "-",
+            passes_cells[name] = ("FALSE ALARM: " + ", ".join(bad) if bad
+                                  else (run_.error or "passes"))
+            correct_rows.append([name, passes_cells[name], judged, skipped or "-",
                                  HOW[name][:70]])
-            print(f"{name}: {'passes' if not bad else 'FALSE ALARM ' + ', '.join(bad)}",
+            print(f"{name}: {'passes' if not bad else 'FALSE ALARM ' + ', '.join(bad)}{where}",
                   flush=True)
-        passes = tabulate(correct_rows, headers=["correct target", "verdict",
-                                                 "checks passed (examples judged)",
-                                                 "skipped (not applicable)", "how it differs"],
-                          tablefmt="github")
+    kills = tabulate(rows, headers=["mutant", "meant for", "verdict", "judged", "failed checks",
+                                    "bug"], tablefmt="github")
+    passes = tabulate(correct_rows, headers=["correct target", "verdict",
+                                             "checks passed (examples judged)",
+                                             "skipped (not applicable)", "how it differs"],
+                      tablefmt="github") if correct_rows else ""
+    return dict(rows=rows, survivors=survivors, cells=cells, kills=kills, passes=passes,
+                correct_rows=correct_rows, false_alarms=false_alarms, passes_cells=passes_cells)
+
+
+def _matrix(results: dict, key: str, first: str) -> str:
+    from tabulate import tabulate
+
+    names = list(next(iter(results.values()))[key])
+    return tabulate([[n] + [results[t][key].get(n, "") for t in results] for n in names],
+                    headers=[first] + list(results), tablefmt="github")
+
+
+def run(args) -> int:
+    import os
+    import time
+
+    from sft_conformance.cli import UsageError
+    from sft_conformance.mutants import KILLS
+    from sft_conformance.runner import library_versions
+
+    unknown = sorted(set(args.mutant or ()) - set(KILLS))
+    if unknown:
+        raise UsageError(f"unknown mutant(s) {', '.join(unknown)}: see 'sft-conformance "
+                         "targets --all'")
+    known = ["bundled"] + [t for t in (args.tokenizer or []) if t != "bundled"]
+    if args.tokenizer:
+        from sft_conformance.assets import tokenizer_names
+
+        bad = [t for t in known[1:] if t not in tokenizer_names()]
+        if bad:
+            raise UsageError(f"unknown tokenizer(s) {', '.join(bad)}: see 'sft-conformance "
+                             "targets --tokenizers'")
+    started = time.perf_counter()
+    results = {t: _one_tokenizer(args, None if t == "bundled" else t) for t in known}
     elapsed = time.perf_counter() - started
-    summary = f"{len(rows) - len(survivors)}/{len(rows)} mutants killed"
+    base = results["bundled"]
+    rows, kills, passes, correct_rows = (base["rows"], base["kills"], base["passes"],
+                                         base["correct_rows"])
+    summary = f"{len(rows) - len(base['survivors'])}/{len(rows)} mutants killed"
     if correct_rows:
-        summary += (f"; {len(correct_rows) - len(false_alarms)}/{len(correct_rows)} correct "
-                    "targets pass every applicable check")
-    print("\n" + kills + ("\n\n" + passes if passes else "") + f"\n\n{summary} in "
-          f"{elapsed:.0f}s")
+        summary += (f"; {len(correct_rows) - len(base['false_alarms'])}/{len(correct_rows)} "
+                    "correct targets pass every applicable check")
+    extra = ""
+    if len(results) > 1:
+        extra = ("\n\n## Mutant x tokenizer\n\nEach mutant under each tokenizer ('bundled': the "
+                 "tokenizer each target declares), judged by "
+                 + ("the check meant for it" if args.only_meant else "every check")
+                 + " ('killed (n)': the meant check failed it, n examples judged; 'n/a': the "
+                 "bug cannot occur under that tokenizer, and why).\n\n"
+                 f"{_matrix(results, 'cells', 'mutant')}\n")
+        if correct_rows:
+            extra += ("\n## Correct x tokenizer\n\nEach correct-but-different target under "
+                      "each tokenizer, every applicable check.\n\n"
+                      f"{_matrix(results, 'passes_cells', 'correct target')}\n")
+        for t in known[1:]:
+            r = results[t]
+            applicable = sum(1 for c in r["cells"].values() if not c.startswith("n/a"))
+            summary += (f"\n{t}: {applicable - len(r['survivors'])}/{applicable} applicable "
+                        f"mutants killed, {len(r['cells']) - applicable} n/a"
+                        + (f"; {len(r['correct_rows']) - len(r['false_alarms'])}/"
+                           f"{len(r['correct_rows'])} correct targets pass"
+                           if r["correct_rows"] else ""))
+    print("\n" + kills + ("\n\n" + passes if passes else "") + extra + f"\n\n{summary}\n"
+          f"in {elapsed:.0f}s")
     if args.out:
         versions = ", ".join(f"{k} {v}" for k, v in library_versions().items())
         command = (f"sft-conformance mutants --profile {args.profile}"
-                   f"{' --only-meant' if args.only_meant else ''} --out {args.out}")
+                   f"{' --only-meant' if args.only_meant else ''}"
+                   + "".join(f" --tokenizer {t}" for t in known[1:]) + f" --out {args.out}")
         with open(args.out, "w", encoding="utf-8") as fh:
             fh.write(
                 "# Mutants and correct-but-different targets\n\n"
@@ -93,9 +163,14 @@ def run(args) -> int:
                 "examples the check judged.\n\n"
                 f"Command: `{command}`  \nVersions: {versions}  \nTime: {elapsed:.0f} s on "
                 f"{os.cpu_count()} CPU cores\n\n## Kills: every mutant fails the check meant "
-                f"for it\n\n{kills}\n\n{len(rows) - len(survivors)}/{len(rows)} killed.\n")
+                f"for it (bundled tokenizers)\n\n{kills}\n\n"
+                f"{len(rows) - len(base['survivors'])}/{len(rows)} killed.\n")
             if passes:
-                fh.write(f"\n## Passes: every correct target passes every applicable check\n\n"
-                         f"{passes}\n\n{len(correct_rows) - len(false_alarms)}/"
-                         f"{len(correct_rows)} pass.\n")
-    return 1 if survivors or false_alarms else 0
+                fh.write("\n## Passes: every correct target passes every applicable check "
+                         f"(bundled tokenizers)\n\n{passes}\n\n"
+                         f"{len(correct_rows) - len(base['false_alarms'])}/{len(correct_rows)} "
+                         "pass.\n")
+            if extra:
+                fh.write(extra + "\n" + "  \n".join(summary.splitlines()[1:]) + "\n")
+    failed = any(r["survivors"] or r["false_alarms"] for r in results.values())
+    return 1 if failed else 0

@@ -25,7 +25,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--profile", choices=("ci", "dev", "thorough"), default="ci")
     parser.add_argument("--from-json", metavar="PATH",
                         help="rewrite the Markdown from stored results instead of running")
-    parser.add_argument("--tokenizer", default=None, metavar="NAME|PATH")
+    parser.add_argument("--tokenizer", default=None, metavar="NAME|PATH",
+                        help="run every target with this tokenizer (a real family: see "
+                             "'targets --tokenizers'); writes conformance-NAME.{md,json} and "
+                             "compares its verdicts with the bundled run's conformance.json")
+    parser.add_argument("--notes", metavar="PATH",
+                        help="a Markdown file of findings confirmed by hand, included in the "
+                             "report under 'Notes (confirmed by hand)'")
     parser.add_argument("--library", default=None, metavar="NAME",
                         help="the targets of one library adapter (litgpt, verl, ...; run it in "
                              "the library's tox environment), written to reports/NAME/ unless "
@@ -48,6 +54,9 @@ def run(args) -> int:
         args.targets = list(args.targets) or library_targets(args.library)
         if args.out == "reports":
             args.out = f"reports/{args.library}"
+        findings = Path(args.out) / "findings.md"  # the library's hand-confirmed findings
+        if not args.notes and findings.is_file():
+            args.notes = str(findings)
     out = Path(args.out)
     if args.from_json:
         from sft_conformance.cli import UsageError
@@ -66,11 +75,29 @@ def run(args) -> int:
         if unknown:
             raise UsageError(f"unknown target(s) {', '.join(unknown)}: see 'sft-conformance "
                              "targets'")
+        if args.tokenizer:
+            from sft_conformance.assets import load_tokenizer
+
+            try:
+                load_tokenizer(args.tokenizer)
+            except Exception as exc:
+                raise UsageError(f"--tokenizer {args.tokenizer}: {exc}") from None
         targets = args.targets or default_targets()
         print(f"conformance matrix of {len(targets)} targets (profile {args.profile})",
               flush=True)
         data = report.run_matrix(targets, profile=args.profile, tokenizer=args.tokenizer,
                                  progress=lambda line: print(line, flush=True))
+    if args.notes:
+        from sft_conformance.cli import UsageError
+
+        try:
+            data["notes"] = Path(args.notes).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"--notes {args.notes}: {exc}") from None
+    if data.get("tokenizer") and not args.from_json:
+        baseline = out / "conformance.json"
+        if baseline.is_file():
+            data["compared"] = report.compare_with(data, json.loads(baseline.read_text()))
     md, js = report.write(data, out, command)
     print(f"\nwrote {md} and {js}")
     print(report.render_markdown(dict(data, command=command), command).split("\n## ")[0])

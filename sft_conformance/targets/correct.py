@@ -70,6 +70,42 @@ def _assistant_header(tokenizer) -> str:
     return _render(tokenizer, probe, True)[len(_render(tokenizer, probe)):]
 
 
+def _by_prefix(text, head_text, upto_text, content):
+    """``(header end, content start, content end, turn end)`` when the header and the
+    conversation through the turn render as prefixes of the whole text, else None."""
+    if not (text.startswith(head_text) and text.startswith(upto_text)):
+        return None
+    head, upto = len(head_text), len(upto_text)
+    turn = text[head:upto]
+    for shown in (content, content.strip(), content.lstrip(), content.rstrip()):
+        at = turn.find(shown)
+        if at >= 0:
+            return head, head + at, head + at + len(shown), upto
+    return None
+
+
+def _by_difference(conversation, tokenizer, text, j):
+    """The same for a template that is not prefix-preserving: render the conversation again
+    with message ``j``'s content swapped for a character no template writes; the two texts
+    agree before and after it, so what differs is the content as rendered. The header ends
+    where the generation prompt last occurs before the content."""
+    swapped = [dict(m, content="\ue000") if i == j else m for i, m in enumerate(conversation)]
+    other = _render(tokenizer, swapped)
+    lead = 0
+    while lead < min(len(text), len(other)) and text[lead] == other[lead]:
+        lead += 1
+    tail = 0
+    while (tail < min(len(text), len(other)) - lead
+           and text[len(text) - 1 - tail] == other[len(other) - 1 - tail]):
+        tail += 1
+    content_end = len(text) - tail
+    prompt = _render(tokenizer, conversation[:j], True) if j else _assistant_header(tokenizer)
+    generation = prompt[len(_render(tokenizer, conversation[:j])):] if j else prompt
+    at = text.rfind(generation, 0, lead) if generation else -1
+    head = at + len(generation) if at >= 0 else lead
+    return head, lead, content_end, len(text)
+
+
 def _encode(conversation, tokenizer, policy: str = "all") -> _Encoded:
     """Tokenize the rendered conversation once and mark each assistant turn's span: from the
     first character of its content to the end of the first special token after the content (the
@@ -102,25 +138,22 @@ def _encode(conversation, tokenizer, policy: str = "all") -> _Encoded:
     for j, message in enumerate(conversation):
         if message["role"] != "assistant":
             continue
-        head = len(_render(tokenizer, conversation[:j], True) if j else
-                   _assistant_header(tokenizer))
-        upto = len(_render(tokenizer, conversation[:j + 1]))
-        turn = text[head:upto]
-        content = message["content"]
-        for shown in (content, content.strip(), content.lstrip(), content.rstrip()):
-            at = turn.find(shown)
-            if at >= 0:
-                break
-        else:
-            raise ValueError(f"assistant message {j} does not appear in its rendered turn")
-        begin, content_end = head + at, head + at + len(shown)
+        head_text = (_render(tokenizer, conversation[:j], True) if j else
+                     _assistant_header(tokenizer))
+        upto_text = _render(tokenizer, conversation[:j + 1])
+        found = _by_prefix(text, head_text, upto_text, message["content"])
+        if found is None:  # not prefix-preserving (Qwen3, Mistral with a system prompt)
+            found = _by_difference(conversation, tokenizer, text, j)
+        head, begin, content_end, upto = found
+        if text[head:begin].strip():  # the template adds text after the header (<think>)
+            begin = head + len(text[head:begin]) - len(text[head:begin].lstrip())
         end = None
         for t, (s, e) in enumerate(offsets):
             if e > s and s >= content_end and e <= upto and ids[t] in special:
                 end = e
                 break
         if end is None:  # a template with no special end token: the turn's text, trimmed
-            end = head + len(turn.rstrip())
+            end = content_end + len(text[content_end:upto].rstrip())
         char_spans.append((begin, end))
     if policy == "last":
         char_spans = char_spans[-1:]
