@@ -1,6 +1,6 @@
 """Write reports/libraries.md: one line per library configuration (issue 13), from the reports
-that ``sft-conformance report --library NAME`` (and ``--tokenizer qwen2.5 --out
-reports/NAME/qwen2.5``) wrote in each library's tox environment. ``sft-conformance report``
+that ``sft-conformance report --library NAME`` (and ``--tokenizer qwen2.5``) wrote in each
+library's tox environment. ``sft-conformance report``
 appends the file to reports/conformance.md.
 
     python scripts/library_summary.py            # reads reports/*/conformance.json
@@ -35,13 +35,13 @@ def main() -> int:
              "xfail (declared) | report |",
              "|---|---|---|---|---|---|---|---|"]
     for lib, (dist, _prefix) in LIBRARIES.items():
-        for sub in ("", "qwen2.5"):
-            path = ROOT / "reports" / lib / sub / "conformance.json"
+        for name in ("conformance.json", "conformance-qwen2.5.json"):
+            path = ROOT / "reports" / lib / name
             if not path.is_file():
                 continue
             data = json.loads(path.read_text())
             version = data["versions"].get(dist, "?")
-            rel = path.parent.relative_to(ROOT / "reports") / "conformance.md"
+            rel = path.with_suffix(".md").relative_to(ROOT / "reports")
             for run in data["runs"]:
                 checks = run.get("checks", [])
                 if run.get("error"):
