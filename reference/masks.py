@@ -149,6 +149,17 @@ def _spans_from_rendering(conversation, tokenizer, text, offsets, ids, index):
     return spans
 
 
+def generation_prompt(tokenizer) -> str:
+    """What the template adds for ``add_generation_prompt=True`` after a user message (the
+    assistant header, e.g. '<|im_start|>assistant\\n'); empty for a template without one or
+    one that cannot render a lone user message."""
+    probe = [{"role": "user", "content": "x"}]
+    try:
+        return render(tokenizer, probe, add_generation_prompt=True)[len(render(tokenizer, probe)):]
+    except Exception:
+        return ""
+
+
 def _header(tokenizer, conversation, j) -> str:
     """What inference feeds before assistant message ``j``: the messages before it rendered
     with the generation prompt."""

@@ -261,10 +261,9 @@ class PromptTokenizedSeparately(ReferenceTarget):
 
 
 def _header(tokenizer) -> str:
-    from sft_conformance.reference.masks import render
+    from sft_conformance.reference.masks import generation_prompt
 
-    probe = [{"role": "user", "content": "x"}]
-    return render(tokenizer, probe, add_generation_prompt=True)[len(render(tokenizer, probe)):]
+    return generation_prompt(tokenizer)
 
 
 class _TextSpanMutant(ReferenceTarget):

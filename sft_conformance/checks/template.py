@@ -167,18 +167,6 @@ def _neutralized(convs):
     return out
 
 
-def generation_prompt(tokenizer) -> str:
-    """What the template adds for ``add_generation_prompt=True`` after a user message (the
-    assistant header, e.g. '<|im_start|>assistant\\n'); empty for a template without one."""
-    from sft_conformance.reference.masks import render
-
-    probe = [{"role": "user", "content": "x"}]
-    try:
-        return render(tokenizer, probe, add_generation_prompt=True)[len(render(tokenizer, probe)):]
-    except Exception:  # a template that cannot render a lone user message
-        return ""
-
-
 @register("S11")
 def check_content_independence(ctx: Context) -> None:
     """Role words, header text and special-token look-alikes in content do not move the mask
@@ -218,6 +206,8 @@ def check_content_independence(ctx: Context) -> None:
             conversations=convs,
             row=seg.row,
         )
+
+    from sft_conformance.reference.masks import generation_prompt
 
     header = generation_prompt(tok) or "assistant"
     pinned = [
