@@ -205,6 +205,18 @@ class PackingCrossDocumentTarget(_PackedMutant):
         return batch
 
 
+class PackedPerRowMean(ReferencePackedTarget):
+    """Packed rows and a per-sequence loss: the mean of each packed row's token mean, so a token
+    of a sparsely trained row weighs more (found by the packing ablation, issue 14)."""
+
+    name = "mutant-packing-per-row-mean"
+
+    def loss(self, logits, labels, num_items_in_batch=None):
+        rows = [sft_loss(logits[b:b + 1], labels[b:b + 1]) for b in range(labels.shape[0])
+                if (labels[b, 1:] != IGNORE_INDEX).any()]
+        return torch.stack(rows).mean()
+
+
 class WrappedPackingSplitsDocuments(ReferenceTarget):
     """Concatenate everything and cut rows every max_length tokens ('wrapped' packing): documents
     are split across rows (torchtune PR #2613)."""
@@ -529,10 +541,10 @@ _ALL = [OffByOneLate, OffByOneEarly, EosMaskedByValue, MissingEndToken, LabelsSh
         PerSequenceMean, MeanOfMicroBatchMeans, DenominatorCountsPadding,
         LeftPaddingWithoutPositions, AttentionMaskFromPadId, TrainsPadding,
         PackingWithoutPositionReset, PackingCrossDocumentAttention, PackingCrossDocumentTarget,
-        WrappedPackingSplitsDocuments, PromptTokenizedSeparately, HeaderFirstOccurrence,
-        HeaderLastOccurrence, UserTurnsTrained, OnlyFirstAssistantTurn, NanOnAllMasked,
-        DoubleBos, FusedLossOptionDropsMask, TruncateDropsEndToken, KeepsZeroTargetExample,
-        DropButTruncates, TruncatePromptCutsEnd, ExtraEndTokenNoMask,
+        PackedPerRowMean, WrappedPackingSplitsDocuments, PromptTokenizedSeparately,
+        HeaderFirstOccurrence, HeaderLastOccurrence, UserTurnsTrained, OnlyFirstAssistantTurn,
+        NanOnAllMasked, DoubleBos, FusedLossOptionDropsMask, TruncateDropsEndToken,
+        KeepsZeroTargetExample, DropButTruncates, TruncatePromptCutsEnd, ExtraEndTokenNoMask,
         PackedDocumentNothingToTrain, PadEosPromptUndercount]
 
 REGISTRY = {cls.name: f"{__name__}:{cls.__name__}" for cls in _ALL}
@@ -552,6 +564,7 @@ KILLS = {
     "mutant-packing-without-position-reset": "S8",
     "mutant-packing-cross-document-attention": "S8",
     "mutant-packing-cross-document-target": "S8",
+    "mutant-packing-per-row-mean": "S6",
     "mutant-wrapped-packing-splits-documents": "S8",
     "mutant-prompt-tokenized-separately": "S1",
     "mutant-header-first-occurrence": "S11",

@@ -10,12 +10,13 @@ import torch
 
 from sft_conformance.reference import (
     IGNORE_INDEX,
+    build_example,
     count_trained,
     oracle_loss,
     sft_loss,
 )
 
-from ..context import Context
+from ..context import Context, TargetRaised
 from ..failures import CheckSkipped, fail
 from .engine import (
     batch_strategy,
@@ -85,10 +86,7 @@ def check_loss_equals_oracle(ctx: Context) -> None:
     tok = ctx.tokenizer()
     V = len(tok)
 
-    def prop(inputs):
-        convs, seed = inputs
-        require_fits(ctx, convs, tok)
-        batch = ctx.collate(convs, tok)
+    def judge(convs, seed, batch, packed_note="", max_length=None):
         (mapped,), columns, table = compact_labels([batch["labels"]], V)
         batch = dict(batch, labels=mapped)
         logits = random_logits(batch, columns, seed)
@@ -106,7 +104,8 @@ def check_loss_equals_oracle(ctx: Context) -> None:
             ]
             per_seq = [x for x in per_seq if x is not None]
             hint = (
-                f"; the mean of per-sequence means would be {sum(per_seq) / len(per_seq):.6f}"
+                f"; the mean of per-sequence (per-row) means would be "
+                f"{sum(per_seq) / len(per_seq):.6f}"
                 if per_seq
                 else ""
             )
@@ -115,8 +114,9 @@ def check_loss_equals_oracle(ctx: Context) -> None:
                 ctx,
                 f"S6: loss {value:.6f} != {want:.6f}, the mean of -log p(target) over "
                 f"the {n} trained positions of the batch (float64 logits, tolerance "
-                f"{tol:g}, loss computed in {got.dtype}){hint}.",
+                f"{tol:g}, loss computed in {got.dtype}){hint}.{packed_note}",
                 conversations=convs,
+                max_length=max_length,
                 extra_repro=(
                     "import torch\n"
                     + compact_repro(table)
@@ -127,6 +127,27 @@ def check_loss_equals_oracle(ctx: Context) -> None:
                 loss=value,
                 expected_loss=want,
             )
+
+    def prop(inputs):
+        convs, seed = inputs
+        require_fits(ctx, convs, tok)
+        batch = ctx.collate(convs, tok)
+        judge(convs, seed, batch)
+        if batch["input_ids"].shape[0] < len(convs):
+            # the target packs: rows of one max_length hold every document, so a mean of
+            # per-row means equals the token mean. Collate again with max_length = the longest
+            # document, so the documents spread over rows that train different counts.
+            tight = max(len(build_example(c, tok, policy=ctx.decl.turn_policy)) for c in convs)
+            try:
+                rows = ctx.collate(convs, tok, max_length=tight)
+            except TargetRaised:  # an extra probe: a target that refuses it is judged above
+                return
+            if rows["input_ids"].shape[0] > 1:
+                judge(convs, seed, rows,
+                      f" The target packs; collated with max_length={tight} (the longest "
+                      f"conversation) its {rows['input_ids'].shape[0]} rows train different "
+                      "numbers of positions, and a loss averaged per row is no longer the "
+                      "token mean.", max_length=tight)
 
     run_property(
         ctx,

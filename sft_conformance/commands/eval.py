@@ -31,9 +31,11 @@ def _names(text: str) -> tuple[str, ...]:
 
 def add_arguments(parser) -> None:
     a = parser.add_argument_group("ablation (default mode)")
-    a.add_argument("--preset", choices=("smoke", "default", "full"), default="default",
-                   help="smoke: seconds (tests); default: a minute or two; full: the committed "
-                        "report")
+    a.add_argument("--preset", choices=("smoke", "default", "full", "packing", "full-packing"),
+                   default="default",
+                   help="smoke: seconds (tests); default: the mask variants, a minute or two; "
+                        "full: their committed report; packing / full-packing: the packing and "
+                        "loss-normalization variants on both toy tasks")
     a.add_argument("--variants", type=_names, help="comma-separated variant names")
     a.add_argument("--seeds", type=_ints, help="comma-separated seeds")
     a.add_argument("--steps", type=int)
@@ -43,6 +45,9 @@ def add_arguments(parser) -> None:
     a.add_argument("--tokenizer", help="seed001 (default, character) or chatml (bundled BPE)")
     a.add_argument("--eval-size", type=int, help="held-out prompts per task")
     a.add_argument("--no-lm-eval", action="store_true", help="in-training evaluation only")
+    a.add_argument("--no-checks", action="store_true",
+                   help="do not run the suite on each variant as a target")
+    a.add_argument("--notes", help="a Markdown file of findings, included in the report")
     a.add_argument("--out", default="reports/eval", help="report folder (default reports/eval)")
     a.add_argument("--strict", action="store_true",
                    help="exit 1 when the expected ordering of the variants does not hold")
@@ -115,14 +120,22 @@ def _run_ablation(args, UsageError) -> int:
     p = ablation.preset(args.preset, variants=args.variants, seeds=args.seeds, steps=args.steps,
                         eval_steps=args.eval_steps, budget=args.budget, tasks=args.toy_tasks,
                         tokenizer=args.tokenizer, eval_size=args.eval_size,
-                        lm_eval=False if args.no_lm_eval else None)
+                        lm_eval=False if args.no_lm_eval else None,
+                        run_checks=False if args.no_checks else None)
+    notes = None
+    if args.notes:
+        try:
+            notes = Path(args.notes).read_text()
+        except OSError as exc:
+            raise UsageError(f"--notes {args.notes}: {exc.strerror}") from None
     if p.budget > p.train.steps:
         raise UsageError(f"--budget {p.budget} is beyond --steps {p.train.steps}")
     p.train.eval_steps = tuple(sorted(set(p.train.eval_steps) | {p.budget}))
     _progress(f"sft-conformance eval: preset {args.preset}, variants {', '.join(p.variants)}, "
               f"seeds {list(p.seeds)}, {p.train.steps} steps, tasks {', '.join(p.train.tasks)}")
     data = ablation.run(p, progress=_progress)
-    data.update(preset=args.preset, command=_command(), date=time.strftime("%Y-%m-%d %H:%M"))
+    data.update(preset=args.preset, command=_command(), date=time.strftime("%Y-%m-%d %H:%M"),
+                notes=notes)
     paths = report.write(data, Path(args.out), Path(args.json) if args.json else None)
     summ = data["summary"]
     task = p.train.tasks[0]

@@ -47,9 +47,45 @@ def _stats(values: list[float]) -> dict:
             "min": min(values), "max": max(values), "n": len(values)}
 
 
-def summarize(runs: list[dict], tasks: list[str], budget: int) -> dict:
-    """Mean and spread over seeds per variant, task and step; the ordering checks at ``budget``."""
+#: Two-sided 95% Student t quantiles by degrees of freedom (n seeds - 1).
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+       9: 2.262, 10: 2.228}
+
+
+def paired(runs: list[dict], variant: str, baseline: str, task: str, metric: str,
+           step: int) -> dict:
+    """``variant - baseline`` at ``step``, paired by seed (same initial weights and batch
+    order): mean, the 95% interval of the mean, and whether it excludes 0."""
+    def at(name):
+        return {r["seed"]: p[task][metric] for r in runs if r["variant"] == name
+                for p in r["curve"] if p["step"] == step}
+
+    a, b = at(variant), at(baseline)
+    diffs = [a[s] - b[s] for s in sorted(a) if s in b]
+    if not diffs:
+        return {}
+    mean = statistics.fmean(diffs)
+    if len(diffs) < 2:
+        return {"mean": mean, "n": 1, "half_width": None, "verdict": "one seed"}
+    half = T95.get(len(diffs) - 1, 1.96) * statistics.stdev(diffs) / len(diffs) ** 0.5
+    verdict = ("within seed noise" if abs(mean) <= half
+               else "worse" if mean < 0 else "better")
+    return {"mean": mean, "n": len(diffs), "half_width": half, "verdict": verdict,
+            "diffs": diffs}
+
+
+def summarize(runs: list[dict], tasks: list[str], budget: int,
+              baselines: dict | None = None) -> dict:
+    """Mean and spread over seeds per variant, task and step; the ordering checks at ``budget``;
+    each variant against its baseline (``baselines``: variant -> baseline), paired by seed."""
     variants = list(dict.fromkeys(r["variant"] for r in runs))
+    versus = {}
+    for v, base in (baselines or {}).items():
+        if v == base or v not in variants or base not in variants:
+            continue
+        versus[v] = {"baseline": base, **{
+            task: {m: paired(runs, v, base, task, m, budget) for m in ("exact_match", "stop")}
+            for task in tasks}}
     curves, at_budget, final = {}, {}, {}
     for v in variants:
         vr = [r for r in runs if r["variant"] == v]
@@ -85,6 +121,7 @@ def summarize(runs: list[dict], tasks: list[str], budget: int) -> dict:
                  "stop_agree": sum(a["stop_agree"] for a in agree),
                  "all_agree": bool(agree) and all(a["all_agree"] for a in agree)}
     return {"curves": curves, "at_budget": at_budget, "final": final, "checks": checks,
+            "versus": versus,
             "ordering_ok": all(c["ok"] for c in checks), "agreement": agreement}
 
 
@@ -133,13 +170,83 @@ def _fmt(s: dict) -> str:
     return f"{s['mean']:.3f} ± {s['std']:.3f} ({s['min']:.2f}-{s['max']:.2f})"
 
 
+#: What each variant's bug does, for the report (shown when one of the variants is present).
+READING = (
+    (("pad_eq_eos",),
+     "- `stop` is the fraction of greedy generations that produced the end-of-turn token. The "
+     "log-likelihood `acc` scores the answer tokens only (teacher forced), so a model that never "
+     "learned to stop can score high there while its generations never end and never match: "
+     "that is the pad == eos bug (S4)."),
+    (("mask_late",),
+     "- The mask one position too long leaves the first answer token untrained: the model "
+     "learns the rest of the answer but cannot start it (S2)."),
+    (("no_prompt_mask", "mask_early"),
+     "- Without a prompt mask (and, less so, with the mask one too short) learning is slower at "
+     "the same step budget; given enough steps these toy models catch up, which is why the "
+     "comparison is made at the budget and learning curves are shown."),
+    (("packed",),
+     "- `packed` is the reference packer. With a block-diagonal mask and restarting positions "
+     "every trained token sees exactly what it sees unpadded, so its loss and gradient equal "
+     "`correct`'s up to float rounding (measured on one step: equal to 6 digits); only the "
+     "order of summation differs."),
+    (("pack_cross_attention",),
+     "- Cross-document attention changes what a token is conditioned on during training "
+     "(earlier documents of its row) but not at inference, where a prompt is alone. Its cost "
+     "depends on whether neighbours carry anything to copy: the toy documents are independent, "
+     "so this measures the train/inference mismatch alone."),
+    (("pack_cross_target",),
+     "- A cross-boundary target trains the end-of-turn position to predict the next "
+     "document's first token. Greedy decoding stops at the end token, so this costs little at "
+     "inference; it spends a little gradient on a prediction that cannot be made."),
+    (("per_sequence", "pack_per_sequence", "micro_batch_means"),
+     "- The loss-normalization bugs change how much each trained token weighs: a token of a "
+     "short answer (a `sums` answer has 2-3 trained tokens, a `reverse` answer 5-6) weighs "
+     "more under a per-sequence mean, a token of a short micro-batch more under a mean of "
+     "micro-batch means. Their cost is a reweighting of the tasks, not lost information: "
+     "look for one task gaining what the other loses."),
+    (("left_pad_no_positions",),
+     "- Left padding with positions counted over the padding shifts every position of a row "
+     "by the same amount. Rotary position embeddings (Llama, Qwen, Mistral) depend on "
+     "relative positions only, so on this Llama the loss and gradient are unchanged up to "
+     "float rounding; the bug costs on models with learned absolute positions (GPT-2, OPT) and "
+     "when the shift pushes positions past the trained context. S5 catches it either way."),
+)
+
+
+def _delta(d: dict) -> str:
+    if not d:
+        return "-"
+    if d.get("half_width") is None:
+        return f"{d['mean']:+.3f}"
+    return f"{d['mean']:+.3f} ± {d['half_width']:.3f}"
+
+
+def _suite(v: dict) -> str:
+    suite = v.get("suite")
+    if not suite:
+        return "not run"
+    if suite.get("error"):
+        return f"error: {suite['error']}"
+    failed = suite["failed"]
+    if not failed:
+        judged = sum(c["judged"] for c in suite["checks"].values())
+        return f"passes ({judged} examples judged)"
+    meant = v.get("violates")
+    caught = meant in failed if meant else None
+    text = "fails " + ", ".join(failed)
+    if meant and not caught:
+        text += f" (NOT {meant})"
+    return text
+
+
 def markdown(data: dict) -> str:
     from tabulate import tabulate
 
     cfg, env, summ = data["config"], data["environment"], data["summary"]
     tasks, budget = cfg["tasks"], data["budget"]
     lines = [
-        "# Post-SFT evaluation: the collator ablation (seed 001) through lm-eval", "",
+        f"# Post-SFT evaluation: the collator ablation (`{data['preset']}`) through lm-eval",
+        "",
         f"Command: `{data['command']}`  ",
         f"Preset: `{data['preset']}`; generated {data['date']} in {data['seconds']:.0f} s.", "",
         "Same data, steps, optimizer and (per seed) initial weights and batch order for every "
@@ -150,11 +257,33 @@ def markdown(data: dict) -> str:
         f"toy tasks {', '.join(tasks)} ({cfg['eval_size']} held-out prompts each). "
         f"Median step time {data['step_seconds']:.3f} s.", "",
         "## Variants", "",
-        tabulate([[v["name"], v["description"], f"`{v['example']}`"]
-                  for v in data["variants"]],
-                 headers=["variant", "collator", "trained tokens ([x] = trained)"],
+        "`violates`: the check of the specification the bug breaks. `the suite on it`: "
+        "`sft-conformance check` run on the variant itself as a target "
+        "(`sft_conformance.evaluation.variants:VariantTarget`), the checks that failed, or "
+        "`passes` for a correct variant.", "",
+        tabulate([[v["name"], v["description"], v.get("violates") or "-", _suite(v),
+                   f"`{v['example']}`"] for v in data["variants"]],
+                 headers=["variant", "collator", "violates", "the suite on it",
+                          "trained tokens ([x] = trained)"],
                  tablefmt="github"), "",
     ]
+    versus = summ.get("versus", {})
+    bugs = [v for v in data["variants"] if v.get("violates") and v["name"] in versus]
+    if bugs:
+        lines += ["## Bug → check that catches it → what it costs", "",
+                  f"Cost: the difference in held-out exact match from the variant's correct "
+                  f"baseline at step {budget}, paired by seed, with its 95% interval.", ""]
+        rows = []
+        for v in bugs:
+            d = versus[v["name"]]
+            suite = v.get("suite") or {}
+            caught = ("not run" if not suite or suite.get("error") else
+                      "yes" if v["violates"] in suite.get("failed", []) else "NO")
+            rows.append([v["name"], v["violates"], caught] + [
+                f"{_delta(d[t]['exact_match'])} ({d[t]['exact_match'].get('verdict', '-')})"
+                for t in tasks])
+        lines += [tabulate(rows, headers=["bug (variant)", "violates", "caught by it"] +
+                           [f"cost on {t}" for t in tasks], tablefmt="github"), ""]
     for task in tasks:
         lines += [f"## {task}: held-out exact match at the step budget ({budget})", "",
                   "The budget is a step count where the correct collator has not saturated "
@@ -171,6 +300,19 @@ def markdown(data: dict) -> str:
                                           "EM final", "stop final", "lm-eval EM",
                                           "lm-eval stop", "lm-eval ll acc"],
                            tablefmt="github"), ""]
+        if versus:
+            lines += [f"### {task}: each variant against its correct baseline at step {budget}",
+                      "",
+                      "Paired by seed (same initial weights and batch order): the mean "
+                      "difference in exact match and its 95% interval (Student t over the "
+                      "seeds). `within seed noise` when the interval holds 0.", ""]
+            rows = []
+            for v, d in versus.items():
+                em, stop = d[task]["exact_match"], d[task]["stop"]
+                rows.append([v, d["baseline"], _delta(em), _delta(stop),
+                             em.get("verdict", "-")])
+            lines += [tabulate(rows, headers=["variant", "baseline", "Δ exact match",
+                                              "Δ stop", "verdict"], tablefmt="github"), ""]
         steps = [p["step"] for p in next(iter(summ["curves"].values()))[task]["exact_match"]]
         rows = [[v] + [f"{p['mean']:.3f}" for p in summ["curves"][v][task]["exact_match"]]
                 for v in summ["curves"]]
@@ -187,17 +329,13 @@ def markdown(data: dict) -> str:
               f"`generate_until` on the final models {verdict}: exact match on "
               f"{a['exact_match_agree']}/{a['samples']} samples and end-token stop on "
               f"{a['stop_agree']}/{a['samples']} samples, over {a['runs']} (run, task) pairs.",
-              "", "## Reading the results", "",
-              "- `stop` is the fraction of greedy generations that produced the end-of-turn "
-              "token. The log-likelihood `acc` scores the answer tokens only (teacher forced), "
-              "so a model that never learned to stop can score high there while its generations "
-              "never end and never match: that is the pad == eos bug (S4).",
-              "- The mask one position too long leaves the first answer token untrained: the "
-              "model learns the rest of the answer but cannot start it (S2).",
-              "- Without a prompt mask (and, less so, with the mask one too short) learning is "
-              "slower at the same step budget; given enough steps these toy models catch up, "
-              "which is why the comparison is made at the budget and learning curves are shown.",
-              "- Times are wall-clock on the machine below and depend on its load.",
+              "", "## Reading the results", ""]
+    present = {v["name"] for v in data["variants"]}
+    lines += [text for names, text in READING if set(names) & present]
+    lines += ["- Times are wall-clock on the machine below and depend on its load."]
+    if data.get("notes"):
+        lines += ["", "## Notes", "", data["notes"].strip()]
+    lines += [
               "", "## Environment", "",
               tabulate([[k, v] for k, v in env.items()], headers=["", ""], tablefmt="github"),
               ""]

@@ -141,15 +141,11 @@ def train_run(variant: Variant, seed: int, config: TrainConfig,
     for step in range(1, config.steps + 1):
         ts = time.perf_counter()
         pick = torch.randint(len(examples), (config.batch_size,), generator=order).tolist()
-        batch = variant.batch([examples[i] for i in pick], tokenizer.pad_token_id)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       position_ids=batch["position_ids"]).logits
-        loss = variant.loss(logits, batch["labels"])
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = variant.train_step(model, [examples[i] for i in pick], tokenizer.pad_token_id)
         opt.step()
         train_time += time.perf_counter() - ts
-        recent.append(float(loss.detach()))
+        recent.append(loss)
         if step in eval_at:
             point = {"step": step, "loss": sum(recent) / len(recent)}
             recent = []
