@@ -227,3 +227,145 @@ def test_full_ablation_ordering_over_seeds(tmp_path):
     assert rc == 0
     data = json.loads((tmp_path / "ablation-default.json").read_text())
     assert data["summary"]["ordering_ok"] and data["summary"]["agreement"]["all_agree"]
+
+
+# -- the packing and loss-normalization variants (issue 14) ------------------------------------
+
+def _mixed_examples(tok, n=24):
+    items = toy.train_pool("reverse", n // 2) + toy.train_pool("sums", n // 2)
+    return [build_example(toy.conversation(it), tok, index=i) for i, it in enumerate(items)]
+
+
+def _step(variant, examples, tok, seed=0):
+    model = tiny_model(tok, seed=seed, hidden_size=32, num_layers=1, max_positions=64)
+    model.train()
+    loss = variant.train_step(model, examples, tok.pad_token_id)
+    return loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("name", ["packed", "left_pad_no_positions"])
+def test_variants_that_train_exactly_like_correct(name):
+    """The reference packer, and left padding with shifted positions on a rotary model, give
+    the padded reference's loss and gradient up to float rounding (what the report states)."""
+    tok = load_tokenizer("seed001")
+    examples = _mixed_examples(tok)
+    want_loss, want = _step(V.VARIANTS["correct"], examples, tok)
+    loss, got = _step(V.VARIANTS[name], examples, tok)
+    assert loss == pytest.approx(want_loss, rel=1e-5)
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["pack_cross_attention", "pack_cross_target",
+                                  "pack_per_sequence", "micro_batch_means", "per_sequence"])
+def test_bug_variants_change_the_gradient(name):
+    tok = load_tokenizer("seed001")
+    examples = _mixed_examples(tok)
+    _, want = _step(V.VARIANTS["correct"], examples, tok)
+    _, got = _step(V.VARIANTS[name], examples, tok)
+    assert max(float((got[k] - want[k]).abs().max()) for k in want) > 1e-4
+
+
+def test_accumulation_with_the_step_count_is_the_full_batch():
+    """The micro-batch split alone changes nothing: only dividing each micro-batch by its own
+    count does (so `micro_batch_means` is compared with `correct`)."""
+    from dataclasses import replace
+
+    tok = load_tokenizer("seed001")
+    examples = _mixed_examples(tok)
+    split = replace(V.VARIANTS["correct"], name="split", micro_batches=V.MICRO_BATCHES)
+    groups = V.length_grouped(examples, V.MICRO_BATCHES)
+    assert len(groups) == V.MICRO_BATCHES and sorted(len(e) for g in groups for e in g) == \
+        sorted(len(e) for e in examples)
+    assert [max(len(e) for e in g) for g in groups] == sorted(max(len(e) for e in g)
+                                                              for g in groups)
+    want_loss, want = _step(V.VARIANTS["correct"], examples, tok)
+    loss, got = _step(split, examples, tok)
+    assert loss == pytest.approx(want_loss, rel=1e-5)
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-6)
+
+
+def test_packed_layouts():
+    tok = load_tokenizer("seed001")
+    examples = _mixed_examples(tok)
+    packed = V.VARIANTS["packed"].batch(examples, tok.pad_token_id)
+    assert packed["input_ids"].shape[1] <= V.PACK_LENGTH
+    assert packed["input_ids"].shape[0] < len(examples)
+    assert int(packed["attention_mask"].sum()) == sum(len(e) for e in examples)
+    cross = V.VARIANTS["pack_cross_target"].batch(examples, tok.pad_token_id)
+    starts = (packed["position_ids"] == 0) & (packed["attention_mask"] == 1)
+    starts[:, 0] = False
+    assert (packed["labels"][starts] == IGNORE_INDEX).all()
+    assert (cross["labels"][starts] == cross["input_ids"][starts]).all()
+    assert torch.equal(cross["labels"][~starts], packed["labels"][~starts])
+    left = V.VARIANTS["left_pad_no_positions"].batch(examples, tok.pad_token_id)
+    assert (left["attention_mask"][:, -1] == 1).all()  # left padded
+    assert torch.equal(left["position_ids"][0], torch.arange(left["input_ids"].shape[1]))
+
+
+@pytest.mark.parametrize("name", ["pack_cross_attention", "pack_cross_target",
+                                  "pack_per_sequence", "micro_batch_means",
+                                  "left_pad_no_positions"])
+def test_the_suite_catches_each_new_variant_with_the_check_it_violates(name):
+    """Bug -> check: the variant run as a target fails the check the report names."""
+    from sft_conformance.runner import check_target
+
+    v = V.VARIANTS[name]
+    run = check_target(V.target_spec(name), profile="ci", only=[v.violates], shrink=False)
+    assert run.error is None
+    (result,) = run.results
+    assert result.status == "failed", (name, result.status, result.message)
+
+
+def test_the_reference_packer_variant_passes_s6_and_s8():
+    from sft_conformance.runner import check_target
+
+    run = check_target(V.target_spec("packed"), profile="ci", only=["S6", "S8"])
+    assert [r.status for r in run.results] == ["passed", "passed"]
+    assert all(r.judged >= 5 for r in run.results)
+
+
+def test_paired_difference_against_the_baseline():
+    from sft_conformance.evaluation import report
+
+    def run(v, seed, em):
+        return {"variant": v, "seed": seed,
+                "curve": [{"step": 100, "t": {"exact_match": em, "stop": 1.0}}]}
+
+    runs = [run("correct", s, e) for s, e in enumerate((0.5, 0.6, 0.4, 0.5))]
+    runs += [run("bug", s, e) for s, e in enumerate((0.2, 0.3, 0.1, 0.25))]
+    runs += [run("same", s, e) for s, e in enumerate((0.55, 0.5, 0.45, 0.45))]
+    summ = report.summarize(runs, ["t"], 100, baselines={"bug": "correct", "same": "correct",
+                                                         "correct": "correct"})
+    bug = summ["versus"]["bug"]["t"]["exact_match"]
+    assert bug["mean"] == pytest.approx(-0.2875) and bug["verdict"] == "worse"
+    assert summ["versus"]["same"]["t"]["exact_match"]["verdict"] == "within seed noise"
+    assert "correct" not in summ["versus"]
+
+
+def test_packing_ablation_smoke_and_rerender(tmp_path):
+    """A few steps of the packing preset, then the report rewritten at another budget with
+    the suite's verdicts filled in, without training again."""
+    out = tmp_path / "eval"
+    rc = main(["eval", "--preset", "packing", "--variants", "correct,packed,micro_batch_means",
+               "--seeds", "0,1", "--steps", "6", "--eval-steps", "3,6", "--budget", "3",
+               "--eval-size", "8", "--no-lm-eval", "--no-checks", "--out", str(out)])
+    assert rc == 0
+    md = (out / "ablation-packing.md").read_text()
+    assert "Bug → check that catches it → what it costs" in md
+    assert "| micro_batch_means | S7" in md and "not run" in md
+    notes = tmp_path / "notes.md"
+    notes.write_text("A finding confirmed by hand.\n")
+    rc = main(["eval", "--from-json", str(out / "ablation-packing.json"), "--budget", "6",
+               "--notes", str(notes), "--out", str(out)])
+    assert rc == 0
+    data = json.loads((out / "ablation-packing.json").read_text())
+    assert data["budget"] == 6 and data["rerendered"]
+    by_name = {v["name"]: v for v in data["variants"]}
+    assert "S7" in by_name["micro_batch_means"]["suite"]["failed"]
+    assert by_name["packed"]["suite"]["failed"] == []
+    md = (out / "ablation-packing.md").read_text()
+    assert "A finding confirmed by hand." in md and "EM @ 6" in md
+    assert main(["eval", "--from-json", str(out / "ablation-packing.json"), "--budget", "7",
+                 "--no-checks"]) == 2

@@ -48,6 +48,10 @@ def add_arguments(parser) -> None:
     a.add_argument("--no-checks", action="store_true",
                    help="do not run the suite on each variant as a target")
     a.add_argument("--notes", help="a Markdown file of findings, included in the report")
+    a.add_argument("--from-json", metavar="PATH",
+                   help="rewrite a stored ablation (its .md, .json and .png) without training: "
+                        "with --budget (a step of its curves), --notes, and the suite run on "
+                        "variants that have no verdicts yet (unless --no-checks)")
     a.add_argument("--out", default="reports/eval", help="report folder (default reports/eval)")
     a.add_argument("--strict", action="store_true",
                    help="exit 1 when the expected ordering of the variants does not hold")
@@ -109,6 +113,23 @@ def _run_ablation(args, UsageError) -> int:
     if args.tasks or args.include_path:
         raise UsageError("--tasks/--include-path evaluate checkpoints: pass --model or "
                          "--before/--after (the ablation uses --toy-tasks)")
+    notes = None
+    if args.notes:
+        try:
+            notes = Path(args.notes).read_text()
+        except OSError as exc:
+            raise UsageError(f"--notes {args.notes}: {exc.strerror}") from None
+    if args.from_json:
+        if not Path(args.from_json).is_file():
+            raise UsageError(f"--from-json {args.from_json}: no such file")
+        try:
+            paths = report.rerender(Path(args.from_json), budget=args.budget, notes=notes,
+                                    run_checks=not args.no_checks, progress=_progress,
+                                    command=_command())
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        print(f"report: {paths['markdown']}  json: {paths['json']}  plot: {paths['plot']}")
+        return 0
     if args.toy_tasks and set(args.toy_tasks) - set(toy.TASKS):
         raise UsageError(f"--toy-tasks: expected some of {', '.join(toy.TASKS)}")
     if args.tokenizer and args.tokenizer not in ("seed001", "chatml"):
@@ -122,12 +143,6 @@ def _run_ablation(args, UsageError) -> int:
                         tokenizer=args.tokenizer, eval_size=args.eval_size,
                         lm_eval=False if args.no_lm_eval else None,
                         run_checks=False if args.no_checks else None)
-    notes = None
-    if args.notes:
-        try:
-            notes = Path(args.notes).read_text()
-        except OSError as exc:
-            raise UsageError(f"--notes {args.notes}: {exc.strerror}") from None
     if p.budget > p.train.steps:
         raise UsageError(f"--budget {p.budget} is beyond --steps {p.train.steps}")
     p.train.eval_steps = tuple(sorted(set(p.train.eval_steps) | {p.budget}))

@@ -248,7 +248,9 @@ def markdown(data: dict) -> str:
         f"# Post-SFT evaluation: the collator ablation (`{data['preset']}`) through lm-eval",
         "",
         f"Command: `{data['command']}`  ",
-        f"Preset: `{data['preset']}`; generated {data['date']} in {data['seconds']:.0f} s.", "",
+        f"Preset: `{data['preset']}`; generated {data['date']} in {data['seconds']:.0f} s."
+        + (f"  \nRewritten from its JSON (no training): `{data['rerendered']}`"
+           if data.get("rerendered") else ""), "",
         "Same data, steps, optimizer and (per seed) initial weights and batch order for every "
         "variant; only the collator (or the loss averaging) differs. Models: "
         f"{data['n_params']:,}-parameter Llama (hidden {cfg['hidden_size']}, "
@@ -342,17 +344,42 @@ def markdown(data: dict) -> str:
     return "\n".join(lines)
 
 
-def rerender(json_path: Path) -> Path:
-    """Rewrite the Markdown of a stored ablation JSON (same folder, same stem)."""
-    data = json.loads(Path(json_path).read_text())
-    md = Path(json_path).with_suffix(".md")
-    md.write_text(markdown(data))
-    return md
+def rerender(json_path: Path, *, budget: int | None = None, notes: str | None = None,
+             run_checks: bool = False, progress=print, command: str | None = None) -> dict:
+    """Rewrite a stored ablation (JSON, Markdown and plot, same folder and stem) without
+    training again: at another step ``budget`` (one of the learning curve's steps), with
+    ``notes``, and with the suite run on variants that have no verdicts yet (``run_checks``)."""
+    from . import ablation
+    from . import variants as V
+
+    json_path = Path(json_path)
+    data = json.loads(json_path.read_text())
+    steps = {p["step"] for r in data["runs"] for p in r["curve"]}
+    if budget is not None and budget not in steps:
+        raise ValueError(f"budget {budget}: the stored curves have steps {sorted(steps)}")
+    data["budget"] = budget if budget is not None else data["budget"]
+    if notes is not None:
+        data["notes"] = notes
+    if command:
+        data["rerendered"] = command
+    for v in data["variants"]:
+        known = V.VARIANTS.get(v["name"])
+        if known is not None:
+            v.setdefault("violates", known.violates)
+            v.setdefault("baseline", known.baseline)
+            if run_checks and not v.get("suite"):
+                progress(f"the suite on {v['name']} as a target (profile ci)")
+                v["suite"] = ablation.caught_by(known)
+    data["summary"] = summarize(data["runs"], data["config"]["tasks"], data["budget"],
+                                baselines={v["name"]: v.get("baseline", "correct")
+                                           for v in data["variants"]})
+    return write(data, json_path.parent, json_path, stem=json_path.stem)
 
 
-def write(data: dict, out_dir: Path, json_path: Path | None = None) -> dict:
+def write(data: dict, out_dir: Path, json_path: Path | None = None,
+          stem: str | None = None) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"ablation-{data['preset']}"
+    stem = stem or f"ablation-{data['preset']}"
     png = plot(data["summary"], data["config"]["tasks"], data["budget"],
                out_dir / f"{stem}.png")
     data["plot"] = png.name
