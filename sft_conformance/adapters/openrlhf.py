@@ -56,11 +56,12 @@ class _OpenRLHFTarget:
                                      apply_chat_template=True, tokenizer_chat_template=None)
 
     def collate(self, conversations, tokenizer, max_length):
-        import copy
 
         import datasets
         import torch
         from openrlhf.datasets import SFTDataset
+
+        from sft_conformance.assets import copy_tokenizer
 
         strategy = types.SimpleNamespace(args=types.SimpleNamespace(data=self.data_args()))
         was = datasets.is_progress_bar_enabled()
@@ -68,7 +69,7 @@ class _OpenRLHFTarget:
         try:
             with contextlib.redirect_stdout(io.StringIO()):
                 dataset = SFTDataset(datasets.Dataset.from_list(self.rows(conversations)),
-                                     copy.deepcopy(tokenizer), max_length, strategy,
+                                     copy_tokenizer(tokenizer), max_length, strategy,
                                      num_processors=1, multiturn=self.multiturn)
         finally:
             if was:

@@ -20,7 +20,6 @@ returns the plain logits, so these targets have no ``loss`` capability.)
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import tempfile
 
@@ -101,7 +100,9 @@ class _TRLTarget:
         from datasets import Dataset
         from trl import SFTTrainer
 
-        tok = copy.deepcopy(tokenizer)  # the trainer sets pad/eos tokens on it
+        from sft_conformance.assets import copy_tokenizer
+
+        tok = copy_tokenizer(tokenizer)  # the trainer sets pad/eos tokens on it
         if self.chat_template is not None:
             tok.chat_template = self.chat_template
         return SFTTrainer(model=self._model(tok), args=self.sft_config(output_dir, max_length),

@@ -209,6 +209,27 @@ def _folded_embedding_class():
     return FoldedEmbedding
 
 
+def copy_tokenizer(tok):
+    """A copy of ``tok`` whose Python-side settings (pad token, padding side, template, ...) are
+    its own, for code that sets them (a trainer that sets pad = eos on the tokenizer it gets).
+
+    A fast tokenizer's Rust backend is shared, not copied: transformers configures padding and
+    truncation on it anew for every call, and a deep copy of a 151k-token backend costs seconds
+    where this costs milliseconds. Other tokenizers are deep-copied."""
+    import copy
+
+    backend = getattr(tok, "_tokenizer", None)
+    if backend is None:
+        return copy.deepcopy(tok)
+    tok._tokenizer = None
+    try:
+        clone = copy.deepcopy(tok)
+    finally:
+        tok._tokenizer = backend
+    clone._tokenizer = backend
+    return clone
+
+
 def tiny_model(tokenizer, *, seed: int = 0, hidden_size: int = 64, num_layers: int = 2,
                attn_implementation: str = "sdpa", max_positions: int = 2048,
                max_vocab: int | None = None):

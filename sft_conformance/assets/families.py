@@ -392,19 +392,10 @@ _LOADED: dict[str, object] = {}
 
 
 def _fresh(tok):
-    """A copy of ``tok`` whose Python-side settings (pad token, padding side, ...) are its own;
-    the Rust tokenizer, which transformers configures anew for every call, is shared. A deep
-    copy of a 151k-token backend costs seconds; this costs milliseconds."""
-    import copy
+    """A copy of ``tok`` with its own Python-side settings and the shared Rust backend."""
+    from . import copy_tokenizer
 
-    backend = tok._tokenizer
-    tok._tokenizer = None
-    try:
-        clone = copy.deepcopy(tok)
-    finally:
-        tok._tokenizer = backend
-    clone._tokenizer = backend
-    return clone
+    return copy_tokenizer(tok)
 
 
 def load(name: str, *, pad_equals_eos: bool = False):
