@@ -229,3 +229,20 @@ def test_truncation_drops_examples_left_without_trained_tokens(tok_gen):
     assert batch["input_ids"].shape == (1, 12)
     assert torch.equal(batch["input_ids"][0], single_ids[:12])
     assert torch.equal(batch["labels"][0], single_labels[:12])
+
+
+def test_the_callers_tokenizer_is_left_as_it_was():
+    """The adapter hands SFTTrainer a copy that shares the Rust backend (copy_tokenizer): the
+    trainer's pad-token setting stays on the copy, and the backend is not changed."""
+    from sft_conformance.assets import copy_tokenizer, load_tokenizer
+
+    tok = load_tokenizer("chatml")
+    state = (tok.pad_token, tok.chat_template, tok._tokenizer.to_str())
+    load_target("trl-sft-messages").collate(CONVS, tok, 256)
+    assert (tok.pad_token, tok.chat_template, tok._tokenizer.to_str()) == state
+    clone = copy_tokenizer(tok)
+    clone.pad_token = clone.eos_token
+    clone.padding_side = "left"
+    assert tok.pad_token == state[0] != clone.pad_token and tok.padding_side == "right"
+    assert clone._tokenizer is tok._tokenizer
+    assert clone("hi there")["input_ids"] == tok("hi there")["input_ids"]
