@@ -606,9 +606,17 @@ def _encode_per_turn(conversation, tokenizer, policy: str = "all") -> _Encoded:
     ids, trained, turns, done = [], [], [], 0
     assistant = [j for j, m in enumerate(conversation) if m["role"] == "assistant"]
     for j in assistant:
-        head = len(_render(tokenizer, conversation[:j], True) if j else
-                   _assistant_header(tokenizer))
-        upto = len(_render(tokenizer, conversation[:j + 1]))
+        head_text = (_render(tokenizer, conversation[:j], True) if j else
+                     _assistant_header(tokenizer))
+        upto_text = _render(tokenizer, conversation[:j + 1])
+        found = _by_prefix(text, head_text, upto_text, conversation[j]["content"])
+        if found is not None:
+            head, _, _, upto = found
+        else:  # not prefix-preserving (Mistral moves the system prompt): the turn ends after
+            # the first special token written after the content
+            head, _, content_end, _ = _by_difference(conversation, tokenizer, text, j)
+            upto = min((at + len(t) for t in tokenizer.all_special_tokens
+                        if (at := text.find(t, content_end)) >= 0), default=len(text))
         prompt = tokenizer(text[done:head], add_special_tokens=False)["input_ids"]
         enc = tokenizer(text[head:upto], add_special_tokens=False, return_offsets_mapping=True)
         response, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
@@ -617,6 +625,11 @@ def _encode_per_turn(conversation, tokenizer, policy: str = "all") -> _Encoded:
                                                       content.rstrip()) if turn.find(c) >= 0),
                          (0, ""))
         content_end = at + len(shown)
+        gap = turn[:at]
+        begin = len(gap) - len(gap.lstrip()) if gap.strip() else at  # <think> text is trained
+        # the first trained token is the first one holding a character of the trained text:
+        # glue alone before it (SentencePiece's lone '▁' after [/INST]) is not trained
+        first = next((k for k, (a, b) in enumerate(offsets) if b > begin), 0)
         end = next((k for k, (a, b) in enumerate(offsets)
                     if b > a and a >= content_end and response[k] in special), None)
         stop = (end + 1) if end is not None else len(response)
@@ -625,9 +638,10 @@ def _encode_per_turn(conversation, tokenizer, policy: str = "all") -> _Encoded:
         trained += [False] * len(prompt)
         start = len(ids)
         ids += response
-        trained += [train and k < stop for k in range(len(response))]
+        trained += [train and first <= k < stop for k in range(len(response))]
         if train:
-            turns.append((start, start + stop, start + end if end is not None else None))
+            turns.append((start + first, start + stop,
+                          start + end if end is not None else None))
         done = upto
     tail = tokenizer(text[done:], add_special_tokens=False)["input_ids"] if done < len(text) \
         else []
