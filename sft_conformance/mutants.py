@@ -210,11 +210,7 @@ class PackedPerRowMean(ReferencePackedTarget):
     of a sparsely trained row weighs more (found by the packing ablation, issue 14)."""
 
     name = "mutant-packing-per-row-mean"
-
-    def loss(self, logits, labels, num_items_in_batch=None):
-        rows = [sft_loss(logits[b:b + 1], labels[b:b + 1]) for b in range(labels.shape[0])
-                if (labels[b, 1:] != IGNORE_INDEX).any()]
-        return torch.stack(rows).mean()
+    loss = PerSequenceMean.loss
 
 
 class WrappedPackingSplitsDocuments(ReferenceTarget):
