@@ -141,6 +141,29 @@ def test_check_model_folds_a_large_vocabulary():
     assert tiny_model(small, max_vocab=4096).config.vocab_size == len(small)  # not folded
 
 
+def test_tokenizer_copy_leaves_out_the_construction_vocabulary(tmp_path):
+    """copy_tokenizer's copy of a SentencePiece conversion (Mistral) shares the backend and
+    leaves out the Python-side ``_vocab``/``_merges`` (cheap for ``datasets`` to hash); it
+    tokenizes, renders and saves exactly as the original, which keeps its own."""
+    from transformers import AutoTokenizer
+
+    from sft_conformance.assets import copy_tokenizer
+
+    _need("mistral").save_pretrained(tmp_path / "user")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "user")  # as a user's directory loads
+    assert len(tok._vocab) > 30000 and len(tok._merges) > 0
+    clone = copy_tokenizer(tok)
+    assert clone._tokenizer is tok._tokenizer
+    assert clone._vocab is None and clone._merges is None
+    assert len(tok._vocab) > 30000 and len(tok._merges) > 0  # the original keeps its own
+    assert clone.apply_chat_template(CONV) == tok.apply_chat_template(CONV)
+    assert clone("Hello there!")["input_ids"] == tok("Hello there!")["input_ids"]
+    clone.save_pretrained(tmp_path / "copy")
+    again = AutoTokenizer.from_pretrained(tmp_path / "copy")
+    assert again.apply_chat_template(CONV) == tok.apply_chat_template(CONV)
+    assert again.get_vocab() == tok.get_vocab()
+
+
 def test_compact_labels_keep_positions_and_order():
     from sft_conformance.checks.loss import compact_labels
 
