@@ -77,6 +77,30 @@ def model_dir(tokenizer) -> str:
     return path
 
 
+#: LLaMA-Factory's ``load_tokenizer(model_args)`` result per model arguments (text-only: no
+#: processor), so that a check's hundred collates do not read a 151k-token tokenizer from disk
+#: twice each (AutoTokenizer and AutoProcessor: 11 s a call on Qwen2.5); a training run loads it
+#: once too
+_TOKENIZERS: dict[str, object] = {}
+
+
+def _tokenizer_module(load_tokenizer, model_args) -> dict:
+    """``load_tokenizer(model_args)`` as LLaMA-Factory returns it, with a fresh copy of the
+    tokenizer each call (``get_template_and_fix_tokenizer`` changes the one it gets): loaded
+    once per model arguments where there is no multimodal processor, else every call."""
+    import dataclasses
+
+    from sft_conformance.assets import copy_tokenizer
+
+    key = repr(sorted((k, repr(v)) for k, v in dataclasses.asdict(model_args).items()))
+    if key not in _TOKENIZERS:
+        module = load_tokenizer(model_args)
+        if module.get("processor") is not None:
+            return module
+        _TOKENIZERS[key] = module["tokenizer"]
+    return {"tokenizer": copy_tokenizer(_TOKENIZERS[key]), "processor": None}
+
+
 class _LlamaFactoryTarget:
     labels_shifted = False
     turn_policy = "all"
@@ -120,7 +144,7 @@ class _LlamaFactoryTarget:
             with contextlib.redirect_stdout(io.StringIO()):
                 model_args, data_args, training_args, _ft, _gen = get_train_args(
                     self.train_config(tokenizer, max_length, data_dir, out_dir))
-                module = load_tokenizer(model_args)
+                module = _tokenizer_module(load_tokenizer, model_args)
                 template = get_template_and_fix_tokenizer(module["tokenizer"], data_args)
                 dataset = get_dataset(template, model_args, data_args, training_args,
                                       stage="sft", **module)["train_dataset"]
