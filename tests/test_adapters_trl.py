@@ -231,6 +231,36 @@ def test_truncation_drops_examples_left_without_trained_tokens(tok_gen):
     assert torch.equal(batch["labels"][0], single_labels[:12])
 
 
+def test_eot_outside_is_the_tokenizers_template_with_the_end_token_moved():
+    """The eot-outside configuration is derived from the tokenizer's own tagged template: on
+    ChatML it is CHATML_GENERATION_EOT_OUTSIDE; it renders as the template does and its tags
+    hold everything the original's held but the end token; a template without such a block is
+    a clear ValueError."""
+    from sft_conformance.adapters.trl_sft import CHATML_GENERATION_EOT_OUTSIDE, eot_outside
+    from sft_conformance.assets import load_tokenizer
+
+    tok = load_tokenizer("chatml-generation")
+    derived = eot_outside(tok.chat_template)
+    for conv in CONVS:
+        assert (tok.apply_chat_template(conv, tokenize=False, chat_template=derived)
+                == tok.apply_chat_template(conv, tokenize=False)
+                == tok.apply_chat_template(conv, tokenize=False,
+                                           chat_template=CHATML_GENERATION_EOT_OUTSIDE))
+        before = tok.apply_chat_template(conv, return_assistant_tokens_mask=True,
+                                         return_dict=True)
+        after = tok.apply_chat_template(conv, chat_template=derived,
+                                        return_assistant_tokens_mask=True, return_dict=True)
+        eot = eot_id(tok)
+        want = [m and i != eot for i, m in zip(before["input_ids"], before["assistant_masks"])]
+        assert [bool(m) for m in after["assistant_masks"]] == want
+    # an eos_token end (Mistral's shape) moves too
+    assert eot_outside("{%- generation -%}{{- message['content'] + eos_token -}}"
+                       "{%- endgeneration -%}") == (
+        "{%- generation -%}{{- message['content'] -}}{%- endgeneration -%}{{- eos_token -}}")
+    with pytest.raises(ValueError, match="no {% generation %} block"):
+        eot_outside(load_tokenizer("chatml").chat_template)
+
+
 def test_the_callers_tokenizer_is_left_as_it_was():
     """The adapter hands SFTTrainer a copy that shares the Rust backend (copy_tokenizer): the
     trainer's pad-token setting stays on the copy, and the backend is not changed."""

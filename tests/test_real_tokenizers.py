@@ -141,6 +141,27 @@ def test_check_model_folds_a_large_vocabulary():
     assert tiny_model(small, max_vocab=4096).config.vocab_size == len(small)  # not folded
 
 
+@pytest.mark.parametrize("name", ["qwen2.5", "qwen3", "deepseek", "mistral"])
+def test_eot_outside_template_on_every_tagged_family(name):
+    """trl-sft-assistant-only-eot-outside's template, derived from the family's tagged template,
+    renders as the family does and leaves only the end-of-turn tokens out of the tags."""
+    from sft_conformance.adapters.trl_sft import eot_outside
+
+    _need(name)
+    tok = load_tokenizer(f"{name}-generation")
+    derived = eot_outside(tok.chat_template)
+    assert (tok.apply_chat_template(CONV, tokenize=False, chat_template=derived)
+            == tok.apply_chat_template(CONV, tokenize=False))
+    before = tok.apply_chat_template(CONV, return_assistant_tokens_mask=True, return_dict=True)
+    after = tok.apply_chat_template(CONV, chat_template=derived,
+                                    return_assistant_tokens_mask=True, return_dict=True)
+    dropped = [tok.convert_ids_to_tokens(i) for i, b, a in
+               zip(before["input_ids"], before["assistant_masks"], after["assistant_masks"])
+               if b and not a]
+    assert dropped == [fam.FAMILIES[name].end_of_turn] * 2, dropped
+    assert all(b for b, a in zip(before["assistant_masks"], after["assistant_masks"]) if a)
+
+
 def test_tokenizer_copy_leaves_out_the_construction_vocabulary(tmp_path):
     """copy_tokenizer's copy of a SentencePiece conversion (Mistral) shares the backend and
     leaves out the Python-side ``_vocab``/``_merges`` (cheap for ``datasets`` to hash); it

@@ -21,6 +21,7 @@ returns the plain logits, so these targets have no ``loss`` capability.)
 from __future__ import annotations
 
 import dataclasses
+import re
 import tempfile
 
 INSTALL_HINT = "pip install 'sft-conformance[trl]'"
@@ -39,6 +40,27 @@ CHATML_GENERATION_EOT_OUTSIDE = (
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
 )
+
+#: a ``{% generation %}`` block whose expression ends with the end-of-turn token: a quoted string
+#: or ``eos_token`` (the shape of every tagged template the suite ships, bundled and real)
+_TAGGED_EOT = re.compile(
+    r"(\{%-?\s*generation\s*-?%\}\{\{-?\s*)((?:(?!\}\}).)*?)\s*\+\s*"
+    r"('(?:[^'\\]|\\.)*'|eos_token)(\s*-?\}\}\{%-?\s*endgeneration\s*-?%\})")
+
+
+def eot_outside(template: str) -> str:
+    """``template`` with the end-of-turn token of each ``{% generation %}`` block moved after
+    ``{% endgeneration %}``: it renders exactly as before, but the tags hold the content only
+    (:data:`CHATML_GENERATION_EOT_OUTSIDE` is this for ChatML). ValueError when the template has
+    no block of that shape (``{% generation %}{{ ... + <end token> }}{% endgeneration %}``)."""
+    out, n = _TAGGED_EOT.subn(r"\1\2\4{{- \3 -}}", template)
+    if not n:
+        raise ValueError("the tokenizer's chat template has no {% generation %} block that ends "
+                         "with its end-of-turn token, so there is no end token to move outside "
+                         "the tags (use a tokenizer with a tagged template, e.g. "
+                         "chatml-generation or qwen2.5-generation)")
+    return out
+
 
 _BATCH_SIZE = 1 << 14  # larger than any prepared dataset: the first batch holds every row
 _NOT_MODEL_INPUTS = ("labels", "seq_lengths")
@@ -64,6 +86,11 @@ class _TRLTarget:
     config: dict = {}
     #: a template that replaces the tokenizer's own for this target, or None
     chat_template: str | None = None
+
+    def template_for(self, tokenizer) -> str | None:
+        """The chat template the user sets on the tokenizer for this configuration, or None to
+        keep the tokenizer's own."""
+        return self.chat_template
 
     def __init__(self):
         self._models = {}
@@ -103,8 +130,9 @@ class _TRLTarget:
         from sft_conformance.assets import copy_tokenizer
 
         tok = copy_tokenizer(tokenizer)  # the trainer sets pad/eos tokens on it
-        if self.chat_template is not None:
-            tok.chat_template = self.chat_template
+        template = self.template_for(tok)
+        if template is not None:
+            tok.chat_template = template
         return SFTTrainer(model=self._model(tok), args=self.sft_config(output_dir, max_length),
                           train_dataset=Dataset.from_list(self.rows(conversations)),
                           processing_class=tok)
@@ -195,20 +223,24 @@ class AssistantOnlyTarget(_TRLTarget):
 
 class AssistantOnlyEotOutsideTarget(AssistantOnlyTarget):
     """``assistant_only_loss=True`` with a template whose ``{% generation %}`` tags hold the
-    content only, ``<|im_end|>`` after ``{% endgeneration %}``
-    (:data:`CHATML_GENERATION_EOT_OUTSIDE`, set as the tokenizer's template for the trainer; it
-    renders exactly like ChatML).
+    content only, the end-of-turn token after ``{% endgeneration %}`` (a common hand-written
+    training template): the tokenizer's own tagged template with its end token moved outside
+    the tags (:func:`eot_outside`; :data:`CHATML_GENERATION_EOT_OUTSIDE` on ChatML), set as the
+    tokenizer's template for the trainer. It renders exactly like the family's template, on
+    every family (``<|im_end|>`` on ChatML and Qwen, ``</s>`` on Mistral, ...).
 
     TRL 1.16 detects it (``is_chat_template_stop_token_trained`` is False) and only logs a
     warning; the end-of-turn token is never trained (S4 violated).
     """
 
     name = "trl-sft-assistant-only-eot-outside"
-    chat_template = CHATML_GENERATION_EOT_OUTSIDE
     known_failures = {
-        "S4": "the template's {% generation %} tags end before <|im_end|>: TRL warns but leaves "
-              "every end-of-turn token untrained",
+        "S4": "the template's {% generation %} tags end before the end-of-turn token: TRL warns "
+              "but leaves every end-of-turn token untrained",
     }
+
+    def template_for(self, tokenizer) -> str:
+        return eot_outside(tokenizer.chat_template or "")
 
     @property
     def options(self):
