@@ -148,7 +148,12 @@ def render_markdown(data: dict, command: str) -> str:
              "target declares (reason below), – skipped (reason below), error the target raised.",
              "", f"- Command: `{command}`", f"- Generated: {data['generated']} on "
              f"{data['machine']}, profile `{data['profile']}`, {data['seconds']} s",
-             "- Versions: " + ", ".join(f"{k} {v}" for k, v in data["versions"].items()), "",
+             "- Versions: " + ", ".join(f"{k} {v}" for k, v in data["versions"].items()),
+             *[f"- Rows re-run: `{u['command']}` ({u['generated']}, {u['seconds']} s): "
+               + ", ".join(f"`{t}`" for t in u["targets"])
+               + ("" if u["versions"] == data["versions"] else "; versions: " + ", ".join(
+                   f"{k} {v}" for k, v in u["versions"].items()))
+               for u in data.get("updates", [])], "",
              "| target | " + " | ".join(ids) + " | S5/S8 hand loop |",
              "|---|" + "---|" * len(ids) + "---|"]
     for run in data["runs"]:
@@ -192,13 +197,30 @@ def render_markdown(data: dict, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def paths(out_dir: Path, tokenizer: str | None) -> tuple[Path, Path]:
+    """``conformance.{md,json}``, or ``conformance-<tokenizer>.{md,json}`` for a named
+    tokenizer's matrix, in ``out_dir``."""
+    tok = tokenizer
+    stem = f"conformance-{tok}" if tok and "/" not in tok and "\\" not in tok else "conformance"
+    return out_dir / f"{stem}.md", out_dir / f"{stem}.json"
+
+
+def update(data: dict, new: dict, command: str) -> dict:
+    """``data`` with the rows of ``new`` (a run of some of its targets) in place of its rows for
+    the same targets (new targets appended), and the re-run recorded under ``updates``."""
+    fresh = {run["spec"]: run for run in new["runs"]}
+    runs = [fresh.pop(run["spec"], run) for run in data["runs"]]
+    runs += list(fresh.values())
+    record = {"command": command, "generated": new["generated"], "seconds": new["seconds"],
+              "targets": [run["spec"] for run in new["runs"]], "versions": new["versions"]}
+    return dict(data, runs=runs, updates=[*data.get("updates", []), record])
+
+
 def write(data: dict, out_dir: Path, command: str) -> tuple[Path, Path]:
     """``conformance.{md,json}``, or ``conformance-<tokenizer>.{md,json}`` for a named
     tokenizer's matrix."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    tok = data.get("tokenizer")
-    stem = f"conformance-{tok}" if tok and "/" not in tok and "\\" not in tok else "conformance"
-    md, js = out_dir / f"{stem}.md", out_dir / f"{stem}.json"
+    md, js = paths(out_dir, data.get("tokenizer"))
     data = dict(data, command=command)
     js.write_text(json.dumps(data, indent=1, default=str) + "\n", encoding="utf-8")
     text = render_markdown(data, command)

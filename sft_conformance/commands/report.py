@@ -32,6 +32,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--notes", metavar="PATH",
                         help="a Markdown file of findings confirmed by hand, included in the "
                              "report under 'Notes (confirmed by hand)'")
+    parser.add_argument("--update", action="store_true",
+                        help="re-run only the TARGETs named and replace their rows in the "
+                             "stored report of the same tokenizer (in --out), which keeps its "
+                             "command and lists the re-run")
     parser.add_argument("--library", default=None, metavar="NAME",
                         help="the targets of one library adapter (litgpt, verl, ...; run it in "
                              "the library's tox environment), written to reports/NAME/ unless "
@@ -43,7 +47,14 @@ def run(args) -> int:
 
     command = "sft-conformance " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if not sys.argv[1:] or sys.argv[1] != "report":  # called from Python, not the command line
-        command = "sft-conformance report " + " ".join(shlex.quote(t) for t in args.targets)
+        flags = [(f"--{k.replace('_', '-')}", v) for k, v in vars(args).items()
+                 if k in ("tokenizer", "library", "notes") and v]
+        flags += [("--profile", args.profile)] if args.profile != "ci" else []
+        flags += [("--out", args.out)] if args.out != "reports" else []
+        command = "sft-conformance report " + " ".join(
+            [shlex.quote(t) for t in args.targets]
+            + [f"{k} {shlex.quote(str(v))}" for k, v in flags]
+            + (["--update"] if getattr(args, "update", False) else []))
     if getattr(args, "library", None):
         from sft_conformance.adapters import LIBRARIES, library_targets
         from sft_conformance.cli import UsageError
@@ -82,11 +93,15 @@ def run(args) -> int:
                 load_tokenizer(args.tokenizer)
             except Exception as exc:
                 raise UsageError(f"--tokenizer {args.tokenizer}: {exc}") from None
+        stored = _stored_for_update(args, out) if getattr(args, "update", False) else None
         targets = args.targets or default_targets()
         print(f"conformance matrix of {len(targets)} targets (profile {args.profile})",
               flush=True)
         data = report.run_matrix(targets, profile=args.profile, tokenizer=args.tokenizer,
                                  progress=lambda line: print(line, flush=True))
+        if stored is not None:
+            data = report.update(stored, data, command)
+            command = stored.get("command", command)
     if args.notes:
         from sft_conformance.cli import UsageError
 
@@ -102,3 +117,21 @@ def run(args) -> int:
     print(f"\nwrote {md} and {js}")
     print(report.render_markdown(dict(data, command=command), command).split("\n## ")[0])
     return 0
+
+
+def _stored_for_update(args, out: Path) -> dict:
+    """The stored report ``--update`` re-runs rows of: same tokenizer and profile, in ``out``."""
+    from sft_conformance import report
+    from sft_conformance.cli import UsageError
+
+    if not args.targets:
+        raise UsageError("--update needs the TARGETs to re-run")
+    _, js = report.paths(out, args.tokenizer)
+    try:
+        stored = json.loads(js.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--update: no stored report to update ({exc})") from None
+    if stored.get("profile") != args.profile:
+        raise UsageError(f"--update: {js} was run with profile {stored.get('profile')!r}, "
+                         f"not {args.profile!r}")
+    return stored
