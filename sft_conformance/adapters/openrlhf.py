@@ -11,7 +11,9 @@ datasets, deepspeed built with ``DS_BUILD_OPS=0``, pylatexenc). What a user conf
 
 ``strategy.args.data`` is a namespace with those keys (``input_key``, ``output_key``,
 ``apply_chat_template=True``, no ``tokenizer_chat_template``); the dataset is a
-``datasets.Dataset`` of the conversations (``num_processors=1``).
+``datasets.Dataset`` of the conversations (``num_processors=0``: ``datasets`` maps in the calling
+process; with 1, ``datasets`` 4 still starts a one-worker pool per call and pickles the tokenizer
+to it: 4.2 s a collate on Qwen2.5 against 0.9 s).
 
 What OpenRLHF does: the text is ``(prompt + response).rstrip("\\n")`` (plus ``" " + eos`` when it
 does not end with eos), tokenized whole and cut to ``max_len``; the last id is overwritten with
@@ -70,7 +72,7 @@ class _OpenRLHFTarget:
             with contextlib.redirect_stdout(io.StringIO()):
                 dataset = SFTDataset(datasets.Dataset.from_list(self.rows(conversations)),
                                      copy_tokenizer(tokenizer), max_length, strategy,
-                                     num_processors=1, multiturn=self.multiturn)
+                                     num_processors=0, multiturn=self.multiturn)
         finally:
             if was:
                 datasets.enable_progress_bars()
