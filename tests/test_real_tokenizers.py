@@ -141,7 +141,8 @@ def test_check_model_folds_a_large_vocabulary():
     assert tiny_model(small, max_vocab=4096).config.vocab_size == len(small)  # not folded
 
 
-@pytest.mark.parametrize("name", ["qwen2.5", "qwen3", "deepseek", "mistral"])
+@pytest.mark.parametrize("name", [*DEFAULT, *(pytest.param(n, marks=pytest.mark.slow)
+                                              for n in ("qwen3", "deepseek"))])
 def test_eot_outside_template_on_every_tagged_family(name):
     """trl-sft-assistant-only-eot-outside's template, derived from the family's tagged template,
     renders as the family does and leaves only the end-of-turn tokens out of the tags."""
