@@ -119,14 +119,44 @@ def _tokenizer_line(name: str | None) -> str:
             f"`{name}-generation` where it exists) and the tiny check model")
 
 
+def _not_installed(run: dict) -> bool:
+    """A row of a run where the target's library was missing: every check skipped with the
+    install hint."""
+    checks = run.get("checks", [])
+    return bool(checks) and all(c["status"] == "skipped" and "not installed" in c["message"]
+                                for c in checks)
+
+
+def bundled_baseline(out_dir: Path) -> dict | None:
+    """The bundled-tokenizer verdicts a named tokenizer's matrix is compared with:
+    ``out_dir/conformance.json``, with the rows its run could not judge (library not installed
+    there) taken from the reports of the environments that have the library
+    (``out_dir/<name>/conformance.json``: torchtune, the issue-13 libraries)."""
+    main = out_dir / "conformance.json"
+    if not main.is_file():
+        return None
+    baseline = json.loads(main.read_text(encoding="utf-8"))
+    runs = {run["spec"]: run for run in baseline.get("runs", [])}
+    for extra in sorted(out_dir.glob("*/conformance.json")):
+        try:
+            other = json.loads(extra.read_text(encoding="utf-8"))
+        except ValueError:
+            continue
+        for run in other.get("runs", []):
+            have = runs.get(run["spec"])
+            if (have is None or _not_installed(have)) and not _not_installed(run):
+                runs[run["spec"]] = dict(run, baseline_from=str(extra))
+    return dict(baseline, runs=list(runs.values()))
+
+
 def compare_with(data: dict, baseline: dict) -> list[str]:
     """Lines saying where this matrix's verdicts differ from ``baseline``'s (the bundled run)."""
     before = {run["spec"]: {c["id"]: c["status"] for c in run.get("checks", [])}
-              for run in baseline.get("runs", [])}
+              for run in baseline.get("runs", []) if not _not_installed(run)}
     lines = []
     for run in data["runs"]:
         old = before.get(run["spec"])
-        if old is None:
+        if old is None or _not_installed(run):
             continue
         for c in run.get("checks", []):
             was = old.get(c["id"])

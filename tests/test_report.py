@@ -72,3 +72,21 @@ def test_update_lists_versions_that_changed():
     md = report.render_markdown(data, "sft-conformance report a")
     assert "(t1, 5.0 s): `a`; versions: trl 1.17.0" in md
     assert "- Versions: trl 1.16.0" in md
+
+
+def test_compared_with_the_environment_that_had_the_library(tmp_path):
+    """A named tokenizer's matrix is compared, for a row the main bundled run could not judge
+    (library not installed), with the bundled report of that library's environment."""
+    missing = {"spec": "tt", "target": "tt", "error": None, "checks": [
+        {"id": "S2", "check": "x", "status": "skipped",
+         "message": "needs torchtune (not installed): pip install ..."}]}
+    (tmp_path / "torchtune").mkdir()
+    (tmp_path / "conformance.json").write_text(json.dumps(
+        _matrix([_run("a", "passed"), missing], "t0")))
+    (tmp_path / "torchtune" / "conformance.json").write_text(json.dumps(
+        _matrix([_run("tt", "failed")], "t0")))
+    here = _matrix([_run("a", "failed"), _run("tt", "passed"), dict(missing, spec="x")], "t1")
+    lines = report.compare_with(here, report.bundled_baseline(tmp_path))
+    assert lines == ["- `a` S2: passed with the bundled tokenizers, failed here",
+                     "- `tt` S2: failed with the bundled tokenizers, passed here"]
+    assert report.bundled_baseline(tmp_path / "torchtune" / "none") is None

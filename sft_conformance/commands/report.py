@@ -109,10 +109,10 @@ def run(args) -> int:
             data["notes"] = Path(args.notes).read_text(encoding="utf-8")
         except OSError as exc:
             raise UsageError(f"--notes {args.notes}: {exc}") from None
-    if data.get("tokenizer") and not args.from_json:
-        baseline = out / "conformance.json"
-        if baseline.is_file():
-            data["compared"] = report.compare_with(data, json.loads(baseline.read_text()))
+    if data.get("tokenizer"):
+        baseline = report.bundled_baseline(out)
+        if baseline is not None:
+            data["compared"] = report.compare_with(data, baseline)
     md, js = report.write(data, out, command)
     print(f"\nwrote {md} and {js}")
     print(report.render_markdown(dict(data, command=command), command).split("\n## ")[0])
