@@ -266,3 +266,20 @@ def test_every_check_on_every_family_slow(name, target):
 @pytest.mark.parametrize("name", [n for n in ALL if n not in DEFAULT])
 def test_mutant_is_killed_on_every_family_slow(name, mutant):
     _mutant_on(name, mutant)
+
+
+def test_truncation_reaches_nothing_left_on_a_compact_template():
+    """S9 always judges a prompt longer than its smallest max_length: on Mistral, whose two-turn
+    conversations of short messages are 6-7 tokens, the drawn batches alone never left an example
+    with nothing to train, and S9 passed transformers-assistant-mask, which keeps such examples
+    (declared). Now the declared failure occurs, and the coverage is reported."""
+    _need("mistral")
+    run = check_target("transformers-assistant-mask", only=["S9"], tokenizer="mistral",
+                       profile="ci")
+    (res,) = run.results
+    assert res.status == "xfail", res.message
+    ref = check_target("reference", only=["S9"], tokenizer="mistral", profile="ci")
+    (res,) = ref.results
+    assert res.status == "passed"
+    (note,) = [n for n in res.notes if n.startswith("S9 coverage:")]
+    assert " 0 one with nothing left" not in note, note

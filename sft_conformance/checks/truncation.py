@@ -79,6 +79,13 @@ def real_pieces(batch, pad_id, *, labels_shifted: bool = False):
     return pieces
 
 
+#: a prompt longer than the smallest max_length S9 draws (8) on every tokenizer, with a short
+#: answer: truncation leaves it nothing to train. Drawn conversations of short messages do not
+#: reach this on compact templates (Mistral's `<s>[INST] the[/INST] the</s>` is 6-7 tokens).
+LONG_PROMPT = [{"role": "user", "content": " ".join(["the"] * 12)},
+               {"role": "assistant", "content": "the"}]
+
+
 @register("S9")
 def check_truncation(ctx: Context) -> None:
     """Over-long examples follow the declared policy; no NaN, no silent zero, no example (or
@@ -88,6 +95,8 @@ def check_truncation(ctx: Context) -> None:
     shifted = ctx.decl.labels_shifted
     pad = tok.pad_token_id
 
+    probed = {"draws": 0, "overlong": 0, "empty": 0}
+
     def prop(inputs):
         convs, delta = inputs
         exs, want = expected_labels(ctx, convs, tok)
@@ -95,6 +104,9 @@ def check_truncation(ctx: Context) -> None:
         cap = max(8, longest + delta)
         overlong = [i for i, e in enumerate(exs) if len(e) > cap]
         empty = [i for i, e in enumerate(exs) if nothing_left(e, cap, policy)]
+        probed["draws"] += 1
+        probed["overlong"] += bool(overlong)
+        probed["empty"] += bool(empty)
         try:
             batch = ctx.collate(convs, tok, cap)
         except TargetRaised as exc:
@@ -294,8 +306,13 @@ def check_truncation(ctx: Context) -> None:
             batch_strategy(ctx, max_size=2, adversarial=False), st.sampled_from([-12, -3, -1, 0, 1])
         ),
         prop,
+        pinned=[([LONG_PROMPT], -12)],
         budget=0.4,
     )
+    ctx.notes.append(
+        f"S9 coverage: {probed['overlong']} of {probed['draws']} drawn batches held an example "
+        f"longer than max_length, {probed['empty']} one with nothing left to train after "
+        f"truncation")
     if ctx.decl.has_loss:
         _check_all_masked_loss(ctx, tok)
 
