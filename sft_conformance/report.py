@@ -201,7 +201,10 @@ def render_markdown(data: dict, command: str) -> str:
               "and S8 as a hand-written loop calls the model: `model(input_ids, "
               "attention_mask, position_ids)` with the default config.", ""]
     if data.get("compared"):
-        lines += ["## Compared with the bundled tokenizers (reports/conformance.json)", "",
+        lines += ["## Compared with the bundled tokenizers", "",
+                  "The bundled run is `conformance.json` beside this report; rows it could not "
+                  "judge (library not installed there) are compared with the bundled report of "
+                  "the library's own environment (`<library>/conformance.json`).", "",
                   *data["compared"], ""]
     if data.get("notes"):
         lines += ["## Notes (confirmed by hand)", "", data["notes"].strip(), ""]
