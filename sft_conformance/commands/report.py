@@ -47,14 +47,16 @@ def run(args) -> int:
 
     command = "sft-conformance " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if not sys.argv[1:] or sys.argv[1] != "report":  # called from Python, not the command line
-        flags = [(f"--{k.replace('_', '-')}", v) for k, v in vars(args).items()
-                 if k in ("tokenizer", "library", "notes") and v]
-        flags += [("--profile", args.profile)] if args.profile != "ci" else []
-        flags += [("--out", args.out)] if args.out != "reports" else []
-        command = "sft-conformance report " + " ".join(
-            [shlex.quote(t) for t in args.targets]
-            + [f"{k} {shlex.quote(str(v))}" for k, v in flags]
-            + (["--update"] if getattr(args, "update", False) else []))
+        parts = [shlex.quote(t) for t in args.targets]
+        for flag, value in (("--tokenizer", args.tokenizer), ("--notes", args.notes),
+                            ("--library", getattr(args, "library", None)),
+                            ("--profile", args.profile if args.profile != "ci" else None),
+                            ("--out", args.out if args.out != "reports" else None)):
+            if value:
+                parts.append(f"{flag} {shlex.quote(value)}")
+        if getattr(args, "update", False):
+            parts.append("--update")
+        command = "sft-conformance report " + " ".join(parts)
     if getattr(args, "library", None):
         from sft_conformance.adapters import LIBRARIES, library_targets
         from sft_conformance.cli import UsageError
