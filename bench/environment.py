@@ -21,6 +21,10 @@ def _version(name: str) -> str | None:
 
 
 def git_commit() -> str | None:
+    """The commit of this checkout; ``SFT_CONFORMANCE_GIT_COMMIT`` names it where no git is (a
+    copy of the tree on a GPU machine)."""
+    if os.environ.get("SFT_CONFORMANCE_GIT_COMMIT"):
+        return os.environ["SFT_CONFORMANCE_GIT_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                              text=True, cwd=Path(__file__).resolve().parent, timeout=10)
