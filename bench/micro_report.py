@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -24,10 +25,14 @@ def micro_markdown(data: dict, command: str | None = None) -> str:
     if not cuda:
         lines += ["> **CPU run** on a shared 2-core machine; the loss group runs at a 32,768 "
                   "vocabulary and 1,024 tokens on CPU (151,936 and 4,096 on CUDA).", ""]
-    lines += [f"- Machine: {cpu}, python {mi.get('python_version')}, "
-              f"date {data.get('datetime', '?')}",
+    gpus = sorted({b.get("extra_info", {}).get("device_name") for b in data["benchmarks"]} - {None})
+    commit = data.get("commit_info", {}).get("id") or "?"
+    if commit == "unversioned" and os.environ.get("SFT_CONFORMANCE_GIT_COMMIT"):
+        commit = os.environ["SFT_CONFORMANCE_GIT_COMMIT"]  # a tree copied without its .git
+    lines += [f"- Machine: {cpu}" + (f", GPU {', '.join(gpus)}" if gpus else "")
+              + f", python {mi.get('python_version')}, date {data.get('datetime', '?')}",
               f"- Command: `{command or 'pytest bench/test_micro.py --benchmark-only'}`",
-              f"- Commit: {data.get('commit_info', {}).get('id', '?')[:10]}"
+              f"- Commit: {commit[:10]}"
               + (" (dirty)" if data.get("commit_info", {}).get("dirty") else ""), ""]
     groups = defaultdict(list)
     for b in data["benchmarks"]:

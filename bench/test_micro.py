@@ -186,6 +186,7 @@ def test_loss(benchmark, loss_inputs, kind):
             "full_logits_mb": TOKENS * VOCAB * torch.finfo(DTYPE).bits / 8 / 2**20}
     if CUDA:
         info["peak_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        info["device_name"] = torch.cuda.get_device_name()
     else:
         info["peak_memory"] = "not measured on CPU (no allocator statistics)"
     benchmark.extra_info.update(info)

@@ -178,3 +178,78 @@ def test_position_ids_only_feed_keeps_documents_apart(chatml, tiny):
     result = isolation_check(tiny, batch, forward_fn("flash_attention_2"), forward_fn("sdpa"),
                              atol=1e-3)
     assert result["passed"] and result["distinguishes_leak"], result
+
+
+def test_out_of_memory_in_every_padded_layout_leaves_parity_unjudged(smoke, tmp_path, capsys):
+    """A run whose padded layouts all failed (out of memory at a large batch, as on an H100 at
+    32 examples per step) cannot judge loss parity: the report says "not judged", not FAIL, the
+    error is cut to its first sentence in the table, and the exit status is not a pass."""
+    from sft_conformance.bench.report import strategy_table
+    from sft_conformance.bench.runner import _summarize
+    from sft_conformance.cli import main
+
+    results = copy.deepcopy(smoke[0])
+    oom = ("out of memory: CUDA out of memory. Tried to allocate 13.69 GiB. GPU 0 has a total "
+           "capacity of 79.18 GiB of which 12.55 GiB is free.")
+    for s in ("fixed", "dynamic", "bucketed"):
+        results["strategies"][s] = {"strategy": s, "error": oom}
+    for e in results["strategies"].values():
+        e.get("parity", {}).pop("rel_diff_vs_padded", None)
+        e.get("parity", {}).pop("passed", None)
+        e.pop("speedup_vs_dynamic", None)
+    summary = _summarize(results["strategies"], results["dtype"])
+    assert summary["reference_for_parity"] is None and summary["all_parity_passed"] is None
+    table = strategy_table(results)
+    assert "not judged (no padded run)" in table and "FAIL" not in table
+    assert "out of memory: CUDA out of memory |" in table.replace("  ", " ").replace("  ", " ")
+    assert "Tried to allocate" not in table and "n/a (no dynamic run)" in table
+
+    stored = tmp_path / "big-batch.json"
+    stored.write_text(json.dumps(results))
+    assert main(["bench", "--results", str(stored), "--render", "--out", str(tmp_path / "r"),
+                 "--no-plot"]) == 1
+    out = capsys.readouterr().out
+    assert "loss parity: not judged (no padded strategy ran)" in out
+    text = (tmp_path / "r" / "big-batch.md").read_text()
+    assert "Loss parity: **not judged (no padded strategy ran)**" in text
+    assert "Tried to allocate 13.69 GiB" in text  # the whole message, in the Errors section
+
+
+def test_render_recomputes_the_report_of_stored_results(smoke, tmp_path, capsys):
+    """`--results FILE --render` writes the report of a stored run (a GPU machine's JSON)."""
+    from sft_conformance.cli import main
+
+    results, paths = smoke
+    assert main(["bench", "--results", str(paths["json"]), "--render", "--name", "again",
+                 "--out", str(tmp_path), "--no-plot"]) == 0
+    text = (tmp_path / "again.md").read_text()
+    assert "Loss parity: **ok**" in text
+    for s in results["strategies"]:
+        assert f"| {s}" in text
+
+
+def test_micro_report_names_the_gpu_and_the_commit_of_a_copied_tree(monkeypatch):
+    """The micro-benchmark summary of a CUDA run names the GPU; a tree copied without .git
+    (pytest-benchmark writes "unversioned") takes its commit from SFT_CONFORMANCE_GIT_COMMIT."""
+    from sft_conformance.bench.micro_report import micro_markdown
+
+    bench = {"group": "loss", "name": "test_loss[ours]", "stats": {"median": 0.017, "min": 0.017,
+                                                                   "rounds": 5},
+             "extra_info": {"device": "cuda", "device_name": "NVIDIA H100 80GB HBM3",
+                            "peak_allocated_mb": 8640.0}}
+    data = {"machine_info": {"python_version": "3.12.3"}, "commit_info": {"id": "unversioned"},
+            "benchmarks": [bench]}
+    monkeypatch.setenv("SFT_CONFORMANCE_GIT_COMMIT", "725ac48")
+    text = micro_markdown(data)
+    assert text.startswith("# Micro-benchmarks (CUDA)")
+    assert "GPU NVIDIA H100 80GB HBM3" in text and "Commit: 725ac48" in text
+    assert "peak_allocated_mb=8640.0000" in text
+
+
+def test_git_commit_can_be_named_where_the_tree_has_no_git(monkeypatch):
+    from sft_conformance.bench.environment import git_commit
+
+    monkeypatch.setenv("SFT_CONFORMANCE_GIT_COMMIT", "725ac48")
+    assert git_commit() == "725ac48"
+    monkeypatch.delenv("SFT_CONFORMANCE_GIT_COMMIT")
+    assert git_commit() != "725ac48"

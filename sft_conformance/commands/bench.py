@@ -42,6 +42,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--results", help="use stored results JSON instead of running "
                         "(with --compare: gate a stored run)")
+    parser.add_argument("--render", action="store_true",
+                        help="with --results: write the report of the stored results to --out "
+                             "(named --name, default the JSON's stem) instead of running")
     parser.add_argument("--compare", metavar="BASELINE.json",
                         help="regression gate against a baseline measured on the same device")
     parser.add_argument("--fail-above", type=float, default=10.0, metavar="PCT",
@@ -64,6 +67,8 @@ def run(args) -> int:
         if not os.path.exists(args.results):
             raise UsageError(f"results {args.results} do not exist")
         results = gate.load(args.results)
+        if args.render:
+            _render(results, args)
     else:
         results = _run(args)
     if baseline is None:
@@ -83,11 +88,31 @@ def run(args) -> int:
     return 0
 
 
+def _render(results: dict, args) -> None:
+    """Write the Markdown report (and plot) of stored results, re-summarized with this version's
+    rules: a GPU machine sends back the JSON, the report is made where the repository is."""
+    from pathlib import Path
+
+    from sft_conformance.bench.report import parity_word, write_report
+    from sft_conformance.bench.runner import _summarize
+
+    if "strategies" not in results or "config" not in results:
+        from sft_conformance.cli import UsageError
+
+        raise UsageError(f"{args.results} is not a stored benchmark result (no strategies)")
+    results["summary"] = _summarize(results["strategies"], results["dtype"])
+    name = args.name or Path(args.results).stem
+    paths = write_report(results, args.out, name, plot=not args.no_plot)
+    s = results["summary"]
+    print(f"loss parity: {parity_word(s['all_parity_passed'])}; report: "
+          + ", ".join(str(p) for p in paths.values()))
+
+
 def _run(args) -> dict:
     import json
 
     from sft_conformance.bench.presets import get_preset
-    from sft_conformance.bench.report import strategy_table, write_report
+    from sft_conformance.bench.report import parity_word, strategy_table, write_report
     from sft_conformance.bench.runner import run_benchmark
     from sft_conformance.cli import UsageError
 
@@ -115,7 +140,7 @@ def _run(args) -> dict:
             json.dump(results, f, indent=1, default=str)
     print(strategy_table(results))
     s = results["summary"]
-    print(f"\nloss parity: {'ok' if s['all_parity_passed'] else 'FAILED'}; isolation: "
+    print(f"\nloss parity: {parity_word(s['all_parity_passed'])}; isolation: "
           f"{'ok' if s['all_isolation_passed'] else 'FAILED'}; report: "
           + ", ".join(str(p) for p in paths.values()))
     return results
