@@ -48,6 +48,7 @@ def device_info(device: str) -> dict:
         peak = next((v for k, v in DENSE_BF16_PEAK.items() if k in name), None)
         return {"kind": "cuda", "name": name, "memory_gb": props.total_memory / 2**30,
                 "dense_bf16_peak_flops": peak, "cuda": torch.version.cuda,
+                "host_cpu": cpu_name(), "cores": os.cpu_count(),
                 "peak_source": "vendor datasheet, dense bf16" if peak else "unknown GPU"}
     return {"kind": "cpu", "name": cpu_name(), "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "dense_bf16_peak_flops": None,

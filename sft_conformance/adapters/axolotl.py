@@ -117,6 +117,12 @@ class _AxolotlTarget:
                 # what _load_raw_datasets does with each dataset of the config
                 dataset, _prompter = get_dataset_wrapper(cfg.datasets[0], tok, cfg,
                                                          "chat_template", raw)
+                # axolotl's merge_datasets hands on a plain Dataset (shuffled by default; kept
+                # in order here so that rows map to conversations), not the wrapper that holds
+                # the tokenizer: datasets deep-copies a dataset on every filter / with_format,
+                # and copying the wrapper copies the tokenizer (about 1 s a copy at 151k tokens)
+                dataset = datasets.Dataset(dataset.data, info=dataset.info.copy(),
+                                           split=dataset.split)
                 dataset = handle_long_seq_in_dataset(dataset, cfg.sequence_len, cfg)
                 if cfg.sample_packing:
                     from axolotl.utils.trainer import process_datasets_for_packing
