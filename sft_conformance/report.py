@@ -210,11 +210,15 @@ def render_markdown(data: dict, command: str) -> str:
         lines += ["## Notes (confirmed by hand)", "", data["notes"].strip(), ""]
     lines += ["## Skipped and declared", ""]
     for run in data["runs"]:
-        notes = [f"{c['id']} {c['status']}: {c['message'].splitlines()[0]}"
-                 for c in run.get("checks", []) if c["status"] in ("skipped", "xfail")
-                 and "no such capability" not in c["message"]]
-        if notes:
-            lines.append(f"- `{run['spec']}`: " + "; ".join(notes))
+        grouped: dict[tuple[str, str], list[str]] = {}  # one line per reason, not per check
+        for c in run.get("checks", []):
+            if c["status"] in ("skipped", "xfail") and "no such capability" not in c["message"]:
+                key = (c["status"], c["message"].splitlines()[0])
+                grouped.setdefault(key, []).append(c["id"])
+        if grouped:
+            lines.append(f"- `{run['spec']}`: " + "; ".join(
+                f"{', '.join(ids)} {status}: {reason}"
+                for (status, reason), ids in grouped.items()))
     lines += ["", "Checks skipped for a missing capability (no `loss`, no packing, single-turn "
               "only) are not listed.", "", "## Failures", ""]
     for run in data["runs"]:

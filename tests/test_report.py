@@ -90,3 +90,17 @@ def test_compared_with_the_environment_that_had_the_library(tmp_path):
     assert lines == ["- `a` S2: passed with the bundled tokenizers, failed here",
                      "- `tt` S2: failed with the bundled tokenizers, passed here"]
     assert report.bundled_baseline(tmp_path / "torchtune" / "none") is None
+
+
+def test_skipped_checks_with_one_reason_make_one_entry():
+    """A row whose library is not installed skips every check for one reason: the report says
+    it once, naming the checks, instead of once per check."""
+    hint = "needs torchtune (not installed): pip install 'sft-conformance[torchtune]'"
+    checks = [{"id": f"S{i}", "check": "c", "status": "skipped", "message": hint, "judged": 0}
+              for i in (1, 2, 3)]
+    checks.append({"id": "S4", "check": "c", "status": "xfail", "message": "known failure: x",
+                   "judged": 2})
+    run = {"spec": "tt", "target": "tt", "error": None, "seconds": 1.0, "checks": checks}
+    md = report.render_markdown(_matrix([run], "t0"), "sft-conformance report tt")
+    assert f"- `tt`: S1, S2, S3 skipped: {hint}; S4 xfail: known failure: x" in md
+    assert md.count(hint) == 1
