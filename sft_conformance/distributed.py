@@ -29,6 +29,9 @@ CONVERSATIONS = [
     [{"role": "system", "content": "be brief"}, {"role": "user", "content": "x"},
      {"role": "assistant", "content": "yes"}],
     [{"role": "user", "content": "and then"}, {"role": "assistant", "content": "a b"}],
+    [{"role": "user", "content": "why"},
+     {"role": "assistant", "content": "because the sky scatters blue light more"}],
+    [{"role": "user", "content": "one two three"}, {"role": "assistant", "content": "four five"}],
 ]
 
 

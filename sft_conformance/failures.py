@@ -44,28 +44,48 @@ def fail_at_position(ctx, what: str, *, tokenizer, example: int, input_ids, got,
                      max_length=None, row: int | None = None, extra_repro: str = ""):
     """Raise a CheckFailure for a label (or id) that differs at ``position`` of ``example``."""
     __tracebackhide__ = True
-    tok_text = show_token(tokenizer, input_ids[position]) if position < len(input_ids) else "-"
+    n = len(input_ids)
+
+    def at(seq, k):
+        return None if k >= len(seq) or seq[k] is None else int(seq[k])
+
+    tok_text = show_token(tokenizer, input_ids[position]) if position < n else "-"
     table = token_table(tokenizer, input_ids, got, expected, start=position - 6,
                         stop=position + 7, mark=position)
     where = f"example {example}" + (f" (batch row {row})" if row is not None else "")
+    label, want = at(got, position), at(expected, position)
+    hint = special_string_hint(ctx, conversations, example)
     message = (
         f"{what}\n"
         f"  {where}, position {position}: token '{tok_text}' "
-        f"(id {int(input_ids[position]) if position < len(input_ids) else '-'}) "
-        + ("is absent from the target's input ids" if got[position] is None else
-           f"has label {got[position]}")
-        + f", expected {expected[position]}: {spec}\n\n{table}\n\n"
+        f"(id {int(input_ids[position]) if position < n else '-'}) "
+        + ("is absent from the target's input ids" if label is None else f"has label {label}")
+        + f", expected {'-' if want is None else want}: {spec}\n"
+        + (f"  {hint}\n" if hint else "")
+        + f"\n{table}\n\n"
         f"Reproduce:\n{repro_snippet(ctx, conversations, pad_equals_eos=pad_equals_eos, max_length=max_length, extra=extra_repro)}"  # noqa: E501
     )
     raise CheckFailure(message, counterexample={
         "conversations": conversations, "example": example, "row": row, "position": position,
-        "token": tok_text, "input_id": int(input_ids[position]) if position < len(input_ids)
-        else None, "label": None if got[position] is None else int(got[position]),
-        "expected_label": int(expected[position]),
-        "pad_equals_eos": pad_equals_eos, "table": table,
+        "token": tok_text, "input_id": int(input_ids[position]) if position < n else None,
+        "label": label, "expected_label": want,
+        "pad_equals_eos": pad_equals_eos, "table": table, "hint": hint,
         "repro": repro_snippet(ctx, conversations, pad_equals_eos=pad_equals_eos,
                                max_length=max_length, extra=extra_repro),
     })
+
+
+def special_string_hint(ctx, conversations, example) -> str:
+    """"Likely cause: ..." when the failing conversation holds one of the tokenizer's own
+    special strings (see :mod:`sft_conformance.special_strings`), else ''."""
+    if not conversations or example is None or not 0 <= example < len(conversations):
+        return ""
+    try:
+        from .special_strings import hint_for
+
+        return hint_for(ctx, conversations[example])
+    except Exception:  # a hint is a courtesy: never a crash of its own
+        return ""
 
 
 def fail(ctx, message: str, *, conversations=None, pad_equals_eos=False, max_length=None,

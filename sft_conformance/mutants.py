@@ -533,6 +533,125 @@ class PadEosPromptUndercount(ReferenceTarget):
         return pad_examples(_kept(examples), tokenizer.pad_token_id)
 
 
+class PromptLengthCountsNonPad(ReferenceTarget):
+    """The prompt length is measured as (prompt_ids != pad_id).sum() (stanford_alpaca's
+    _tokenize_fn): a message that contains the pad token's own text ('<pad>',
+    '<|endoftext|>') loses one count per occurrence and the header after it is trained. Pinned
+    to pad != eos, so only the content can trigger it."""
+
+    name = "mutant-prompt-length-counts-non-pad"
+    pad_equals_eos = False
+
+    def collate(self, conversations, tokenizer, max_length):
+        from sft_conformance.reference.masks import render
+
+        examples = []
+        for i, conv in enumerate(conversations):
+            ex = build_example(conv, tokenizer, index=i)
+            for span in ex.turns:
+                j = span.message
+                prompt = tokenizer(render(tokenizer, conv[:j], add_generation_prompt=True),
+                                   add_special_tokens=False)["input_ids"] if j else []
+                measured = sum(1 for t in prompt if t != tokenizer.pad_token_id)
+                for t in range(min(span.start, measured), span.start):
+                    ex.trained[t] = True
+            ex = truncate(ex, max_length, self.overlong, index=i)
+            if ex is not None:
+                examples.append(ex)
+        return pad_examples(_kept(examples), tokenizer.pad_token_id)
+
+
+def _end_text(tokenizer, example) -> str | None:
+    span = example.turns[-1] if example.turns else None
+    if span is None or span.end_token is None:
+        return None
+    return tokenizer.decode([example.input_ids[span.end_token]])
+
+
+class EndTokenAppendedUnlessPresent(ReferenceTarget):
+    """The end token is appended to the response only if the response does not already end with
+    its text (`if not text.endswith(eos): text += eos`, LitGPT-style SFTDataset code): an answer
+    whose content ends with '<|im_end|>' keeps that text as its only end, and the template's
+    real end-of-turn token is lost."""
+
+    name = "mutant-end-token-appended-unless-present"
+    multi_turn = False
+
+    def collate(self, conversations, tokenizer, max_length):
+        examples = []
+        for i, conv in enumerate(conversations):
+            ex = build_example(conv, tokenizer, index=i)
+            end = _end_text(tokenizer, ex)
+            last = ex.turns[-1] if ex.turns else None
+            if end and conv[last.message]["content"].rstrip().endswith(end):
+                k = last.end_token  # "already ends with eos": the real one is never added
+                ex = type(ex)(ex.input_ids[:k] + ex.input_ids[k + 1:],
+                              ex.trained[:k] + ex.trained[k + 1:], [], ex.text)
+                if len(ex) > max_length:
+                    continue
+            else:
+                ex = truncate(ex, max_length, self.overlong, index=i)
+            if ex is not None:
+                examples.append(ex)
+        return pad_examples(_kept(examples), tokenizer.pad_token_id)
+
+
+class TokenizesWithSpecialTokens(ReferenceTarget):
+    """Renders the conversation to text, then calls tokenizer(text) with its default
+    add_special_tokens=True: a tokenizer whose post-processor adds BOS (Llama 3, Mistral v0.3)
+    gives a second BOS after the template's own (sglang PR #888)."""
+
+    name = "mutant-tokenizes-with-special-tokens"
+    tokenizer = "llama3"
+
+    def collate(self, conversations, tokenizer, max_length):
+        examples = []
+        for i, conv in enumerate(conversations):
+            ex = build_example(conv, tokenizer, index=i)
+            ids = tokenizer(ex.text)["input_ids"]  # the bug: add_special_tokens defaults to True
+            extra = len(ids) - len(ex)
+            if extra > 0 and ids[extra:] == ex.input_ids:  # specials added in front
+                ex.input_ids, ex.trained = ids, [False] * extra + ex.trained
+            ex = truncate(ex, max_length, self.overlong, index=i)
+            if ex is not None:
+                examples.append(ex)
+        return pad_examples(_kept(examples), tokenizer.pad_token_id)
+
+
+class DropsFullyMaskedRows(ReferenceTarget):
+    """Masks by searching the assistant header's token ids in the ids (unsloth's
+    train_on_responses_only), then drops every row left with no trained label, raising when
+    none is left: where the tokenizer merges the header's last piece with the answer's first
+    characters, the header is not found and a conversation that had tokens to train is lost."""
+
+    name = "mutant-drops-fully-masked-rows"
+
+    def collate(self, conversations, tokenizer, max_length):
+        header = tokenizer(_header(tokenizer), add_special_tokens=False)["input_ids"]
+        examples = []
+        for i, conv in enumerate(conversations):
+            ex = build_example(conv, tokenizer, index=i)
+            ids, trained = ex.input_ids, [False] * len(ex)
+            ends = {s.end_token for s in ex.turns if s.end_token is not None}
+            k = 0
+            while header and k + len(header) <= len(ids):
+                if ids[k:k + len(header)] == header:
+                    t = k + len(header)
+                    while t < len(ids):
+                        trained[t] = True
+                        if t in ends:
+                            break
+                        t += 1
+                    k = t
+                k += 1
+            ex = type(ex)(ids, trained, ex.turns, ex.text)
+            if ex.n_trained and len(ex) <= max_length:  # the filter: no trained label, dropped
+                examples.append(ex)
+        if not examples:
+            raise ValueError("no samples left after dropping samples with no trainable tokens")
+        return pad_examples(examples, tokenizer.pad_token_id)
+
+
 _ALL = [OffByOneLate, OffByOneEarly, EosMaskedByValue, MissingEndToken, LabelsShiftedTwice,
         PerSequenceMean, MeanOfMicroBatchMeans, DenominatorCountsPadding,
         LeftPaddingWithoutPositions, AttentionMaskFromPadId, TrainsPadding,
@@ -541,7 +660,8 @@ _ALL = [OffByOneLate, OffByOneEarly, EosMaskedByValue, MissingEndToken, LabelsSh
         HeaderFirstOccurrence, HeaderLastOccurrence, UserTurnsTrained, OnlyFirstAssistantTurn,
         NanOnAllMasked, DoubleBos, FusedLossOptionDropsMask, TruncateDropsEndToken,
         KeepsZeroTargetExample, DropButTruncates, TruncatePromptCutsEnd, ExtraEndTokenNoMask,
-        PackedDocumentNothingToTrain, PadEosPromptUndercount]
+        PackedDocumentNothingToTrain, PadEosPromptUndercount, PromptLengthCountsNonPad,
+        EndTokenAppendedUnlessPresent, TokenizesWithSpecialTokens, DropsFullyMaskedRows]
 
 REGISTRY = {cls.name: f"{__name__}:{cls.__name__}" for cls in _ALL}
 
@@ -577,6 +697,10 @@ KILLS = {
     "mutant-extra-end-token-no-mask": "S1",
     "mutant-packed-document-nothing-to-train": "S9",  # counted per document, not per row
     "mutant-pad-eos-prompt-undercount": "S3",  # needs S3 run with pad == eos
+    "mutant-prompt-length-counts-non-pad": "S3",  # the pad token's text in a message
+    "mutant-end-token-appended-unless-present": "S4",  # the end token's text ending an answer
+    "mutant-tokenizes-with-special-tokens": "S1",  # a tokenizer that adds BOS by itself
+    "mutant-drops-fully-masked-rows": "S2",  # a trainable conversation lost: failed, not error
 }
 
 BUGS = {cls.name: (cls.__doc__ or "").strip().replace("\n    ", " ") for cls in _ALL}
@@ -585,10 +709,17 @@ BUGS = {cls.name: (cls.__doc__ or "").strip().replace("\n    ", " ") for cls in 
 def not_applicable(name: str, tokenizer) -> str | None:
     """Why mutant ``name``'s bug cannot occur under ``tokenizer`` (None when it can): the
     mutant x tokenizer table says so instead of counting a survivor."""
+    if name == "mutant-tokenizes-with-special-tokens":
+        probe = "hi"
+        if (tokenizer(probe)["input_ids"]
+                == tokenizer(probe, add_special_tokens=False)["input_ids"]):
+            return ("the tokenizer adds no special token of its own (add_special_tokens=True "
+                    "gives the same ids), so tokenizing with it changes nothing")
     if name == "mutant-double-bos" and tokenizer.bos_token is None:
         return ("the tokenizer has no bos token (the Qwen families), so there is no bos to "
                 "double")
-    if name in ("mutant-header-first-occurrence", "mutant-header-last-occurrence"):
+    if name in ("mutant-header-first-occurrence", "mutant-header-last-occurrence",
+                "mutant-drops-fully-masked-rows"):
         if not _header(tokenizer):
             return ("the template has no generation prompt (Mistral: the response follows "
                     "[/INST] directly), so there is no assistant header string to search for")

@@ -19,6 +19,9 @@ def token_table(tokenizer, input_ids, labels, expected=None, *, start: int = 0,
     ``mark`` flags one position with ``>>``."""
     input_ids = [int(x) for x in input_ids]
     labels = [None if x is None else int(x) for x in labels]
+    # the three sequences may differ in length (a target whose ids are one token longer or
+    # shorter than the template's): a position one of them lacks is shown as absent, never
+    # indexed past its end
     stop = len(input_ids) if stop is None else min(stop, len(input_ids))
     headers = ["", "pos", "token", "input_id", "label"]
     if expected is not None:
@@ -28,14 +31,15 @@ def token_table(tokenizer, input_ids, labels, expected=None, *, start: int = 0,
         headers.append("attn")
     rows = []
     for t in range(max(0, start), stop):
-        label = "absent" if labels[t] is None else labels[t]
+        label_t = labels[t] if t < len(labels) else None
+        label = "absent" if label_t is None else label_t
         row = [">>" if t == mark else "", t, show_token(tokenizer, input_ids[t]), input_ids[t],
                label]
         if expected is not None:
-            exp = int(expected[t])
-            row += [exp, "" if exp == labels[t] else "✗"]
-        row.append("yes" if labels[t] not in (None, IGNORE_INDEX) else "no")
+            exp = None if t >= len(expected) or expected[t] is None else int(expected[t])
+            row += ["-" if exp is None else exp, "" if exp == label_t else "✗"]
+        row.append("yes" if label_t not in (None, IGNORE_INDEX) else "no")
         if attention_mask is not None:
-            row.append(int(attention_mask[t]))
+            row.append(int(attention_mask[t]) if t < len(attention_mask) else "-")
         rows.append(row)
     return tabulate(rows, headers=headers, tablefmt=tablefmt)

@@ -188,8 +188,23 @@ def load_tokenizer(name: str = "chatml", *, pad_equals_eos: bool = False):
         clean_up_tokenization_spaces=False,
         padding_side="right",
     )
+    if spec.bos_token is not None:
+        _add_bos_on_encode(tok, spec.bos_token)
     tok.name_or_path = f"sft-conformance/{name}" + ("+pad=eos" if pad_equals_eos else "")
     return tok
+
+
+def _add_bos_on_encode(tok, bos: str) -> None:
+    """``tokenizer(text)`` adds ``bos`` in front, as the real tokenizer the template stands for
+    does (Llama 3's ``TemplateProcessing`` post-processor); ``add_special_tokens=False``, which
+    ``apply_chat_template`` and the reference use, adds nothing. A collator that tokenizes a
+    rendered conversation with the default ``add_special_tokens=True`` gets the double BOS it
+    would get on the real tokenizer (sglang PR #888)."""
+    from tokenizers import processors
+
+    bos_id = tok.convert_tokens_to_ids(bos)
+    tok._tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)])
 
 
 #: the model-level checks (S5, S8, S12) fold a larger vocabulary onto this many rows

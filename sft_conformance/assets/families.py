@@ -331,7 +331,7 @@ def _build(family: Family, where: Path) -> None:
             shutil.copyfile(str(model), Path(tmp) / "tokenizer.model")
             (Path(tmp) / "tokenizer_config.json").write_text(json.dumps({
                 "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
-                "unk_token": "<unk>", "add_bos_token": False, "add_eos_token": False,
+                "unk_token": "<unk>", "add_bos_token": True, "add_eos_token": False,
                 "legacy": False}))
             try:
                 tok = AutoTokenizer.from_pretrained(tmp, local_files_only=True)
@@ -353,7 +353,7 @@ def _key(family: Family) -> str:
     h = hashlib.sha256()
     for part in (family.name, family.template, family.eos_token, family.pad_token,
                  family.package, importlib.metadata.version(family.package),
-                 transformers.__version__, "v1"):
+                 transformers.__version__, "v2"):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()[:16]

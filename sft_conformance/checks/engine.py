@@ -51,9 +51,15 @@ def require(ctx: Context, condition: bool, reason: str) -> None:
         assume(False)
 
 
-def run_property(ctx: Context, strategy, prop, *, pinned=(), budget: float = 1.0) -> None:
+def run_property(ctx: Context, strategy, prop, *, pinned=(), budget: float = 1.0,
+                 special=(), split=None) -> None:
     """Run ``prop`` on draws of ``strategy`` under the context's Hypothesis profile, passed
-    explicitly; every draw ``prop`` does not reject (see :func:`require`) counts as judged."""
+    explicitly; every draw ``prop`` does not reject (see :func:`require`) counts as judged.
+
+    ``special``: inputs judged first, in every profile, outside Hypothesis (the tokenizer's
+    special strings, :func:`special_inputs`); a failing one is narrowed to the first of
+    ``split(inputs)`` that fails alone, so the report shows one conversation, not the batch."""
+    run_special(ctx, prop, special, split)
     base = profiles.profile(ctx.profile)
     max_examples = max(JUDGED_FLOOR + 2, int(base.max_examples * budget))
 
@@ -88,6 +94,64 @@ def run_property(ctx: Context, strategy, prop, *, pinned=(), budget: float = 1.0
         )(test)()
     except Unsatisfiable:
         pass  # nothing judged: the floor reports it with the reasons
+
+
+def _judge_once(ctx, prop, inputs) -> bool:
+    """Run ``prop`` on ``inputs``; True when judged (not rejected by :func:`require`)."""
+    from hypothesis.errors import UnsatisfiedAssumption
+
+    try:
+        prop(inputs)
+    except UnsatisfiedAssumption:
+        return False
+    return True
+
+
+def run_special(ctx: Context, prop, special, split=None) -> None:
+    """Judge the pinned special-string inputs (see :mod:`sft_conformance.special_strings`)."""
+    split = split or (lambda convs: [[c] for c in convs])
+    for inputs in special:
+        try:
+            judged = _judge_once(ctx, prop, inputs)
+        except CheckFailure as exc:
+            ctx.judged += 1
+            ctx.failed = True
+            for smaller in split(inputs):  # one conversation that fails alone, if any
+                try:
+                    _judge_once(ctx, prop, smaller)
+                except CheckFailure as narrow:
+                    raise narrow from None
+                except Exception:
+                    continue
+            raise exc
+        ctx.judged += judged
+
+
+def special_inputs(ctx: Context, tok, *, multi_turn: bool = False, kinds=None,
+                   compact: bool = False) -> list:
+    """The pinned special-string batches for this target and tokenizer, as lists of
+    conversations (none on the seed-001 character tokenizer, whose alphabet has no such
+    strings); a note says how many conversations they hold."""
+    if not is_bpe(ctx):
+        return []
+    from ..special_strings import cached_pinned_batches
+
+    batches = cached_pinned_batches(
+        tok,
+        multi_turn=multi_turn and getattr(ctx.target, "multi_turn", True),
+        system=getattr(ctx.target, "system_prompt", True),
+        kinds=tuple(kinds) if kinds else None,
+        compact=compact,
+    )
+    batches = [b for b in batches if fits(ctx, b, tok)]
+    if batches:
+        n = sum(len(b) for b in batches)
+        ctx.notes.append(
+            f"judged {n} pinned conversation(s) in {len(batches)} batch(es) that put the "
+            "tokenizer's own special strings (pad, eos, end of turn, markers, look-alikes) at "
+            "the start, middle and end of each role's content"
+        )
+    return batches
 
 
 def fits(ctx, convs, tok) -> bool:

@@ -22,6 +22,7 @@ from .engine import (
     pad_eos_strategy,
     require_fits,
     run_property,
+    special_inputs,
 )
 from .labels import (
     collated,
@@ -30,6 +31,20 @@ from .labels import (
     label_property,
 )
 from .registry import register
+
+
+def special_pad_eos(ctx: Context, *, multi_turn: bool = False) -> dict:
+    """``run_property`` arguments judging the special-string batches with the pad
+    configurations the check draws: (batch, pad == eos) pairs, narrowed one conversation at a
+    time on failure."""
+    out = []
+    for pad_eos in (False, True):
+        if pad_eos_allowed(ctx, pad_eos):
+            tok = ctx.tokenizer(pad_equals_eos=pad_eos)
+            out += [(b, pad_eos) for b in special_inputs(ctx, tok, multi_turn=multi_turn)]
+    return {"special": out,
+            "split": lambda inputs: [([c], inputs[1]) for c in inputs[0]]}
+
 
 # -- S2 -----------------------------------------------------------------------------------------
 
@@ -57,6 +72,7 @@ def check_first_response_token_trained(ctx: Context) -> None:
         batch_strategy(ctx, adversarial=False),
         prop,
         pinned=pinned[:1] if is_bpe(ctx) else pinned[1:],
+        special=special_inputs(ctx, ctx.tokenizer()),
     )
 
 
@@ -82,6 +98,7 @@ def check_no_prompt_or_glue_trained(ctx: Context) -> None:
         st.tuples(batch_strategy(ctx, adversarial=False), pad_eos_strategy(ctx)),
         prop,
         pinned=pinned if is_bpe(ctx) else (),
+        **special_pad_eos(ctx),
     )
 
 
@@ -128,6 +145,7 @@ def check_end_of_turn_trained(ctx: Context) -> None:
         st.tuples(batch_strategy(ctx, adversarial=False), pad_eos_strategy(ctx)),
         prop,
         pinned=[p for p in pinned if pad_eos_allowed(ctx, p[1])] if is_bpe(ctx) else (),
+        **special_pad_eos(ctx),
     )
 
 
@@ -216,4 +234,5 @@ def check_multi_turn_policy(ctx: Context) -> None:
         prop,
         pinned=pinned if is_bpe(ctx) else (),
         budget=0.6,
+        **special_pad_eos(ctx, multi_turn=True),
     )

@@ -14,8 +14,10 @@ from ..failures import fail, fail_at_position
 from ..tables import show_token
 from .engine import (
     batch_strategy,
+    pad_eos_allowed,
     pad_eos_strategy,
     run_property,
+    special_inputs,
 )
 from .labels import (
     collated,
@@ -140,9 +142,22 @@ def check_padding_invariance(ctx: Context) -> None:
                     position=t,
                 )
 
+    # the pad and end tokens' own text in content, once per pad configuration (S5 collates
+    # each example again alone, so one compact batch)
+    special = [
+        (batch, pad_eos)
+        for pad_eos in (False, True)
+        if pad_eos_allowed(ctx, pad_eos)
+        for batch in special_inputs(
+            ctx, ctx.tokenizer(pad_equals_eos=pad_eos), kinds=("pad", "eos", "end_of_turn"),
+            compact=True,
+        )
+    ]
     run_property(
         ctx,
         st.tuples(batch_strategy(ctx, min_size=2, max_turns=2), pad_eos_strategy(ctx)),
         prop,
         budget=0.3,
+        special=special,
+        split=lambda inputs: [([c], inputs[1]) for c in inputs[0]],
     )

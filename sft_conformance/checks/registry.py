@@ -18,7 +18,7 @@ class Check:
     func: Callable
     needs: tuple[str, ...]
     doc: str
-    judges_itself: bool = False  # runs no property (S7dp): the judged-count floor does not apply
+    judges_itself: bool = False  # counts nothing it judged: the floor does not apply (none now)
 
     @property
     def spec_link(self) -> str:

@@ -13,6 +13,7 @@ from .engine import (
     is_bpe,
     require_fits,
     run_property,
+    special_inputs,
 )
 from .labels import (
     differences,
@@ -145,22 +146,29 @@ def check_template_parity(ctx: Context) -> None:
             )
 
     pinned = [[[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "the answer"}]]]
-    run_property(ctx, batch_strategy(ctx), prop, pinned=pinned if is_bpe(ctx) else ())
+    run_property(ctx, batch_strategy(ctx), prop, pinned=pinned if is_bpe(ctx) else (),
+                 special=special_inputs(ctx, tok))
 
 
 # -- S11 ----------------------------------------------------------------------------------------
 
 
-def _neutralized(convs):
-    """The same conversations with every role word, header and look-alike replaced by 'x'."""
+def _neutralized(convs, tok=None):
+    """The same conversations with every role word, header and look-alike (and, given
+    ``tok``, each of its own special strings) replaced by 'x'."""
     from ..strategies import ADVERSARIAL_PIECES
 
+    pieces = list(ADVERSARIAL_PIECES)
+    if tok is not None:
+        from ..special_strings import special_strings
+
+        pieces += [s.text for s in special_strings(tok)]
     out = []
     for conv in convs:
         new = []
         for m in conv:
             text = m["content"]
-            for piece in sorted(ADVERSARIAL_PIECES, key=len, reverse=True):
+            for piece in sorted(set(pieces), key=len, reverse=True):
                 text = text.replace(piece, "x")
             new.append({"role": m["role"], "content": text})
         out.append(new)
@@ -185,7 +193,7 @@ def check_content_independence(ctx: Context) -> None:
         first = next(differences(ctx, convs, tok, batch, present), None)
         if first is None:
             return
-        plain = _neutralized(convs)
+        plain = _neutralized(convs, tok)
         if plain == convs or not fits(ctx, plain, tok):
             return  # nothing adversarial: a plain masking bug, for S2/S3/S4/S10
         if next(differences(ctx, plain, tok, ctx.collate(plain, tok), present), None) is not None:
@@ -220,5 +228,6 @@ def check_content_independence(ctx: Context) -> None:
         ],
     ]
     run_property(
-        ctx, batch_strategy(ctx, adversarial=True), prop, pinned=pinned if is_bpe(ctx) else ()
+        ctx, batch_strategy(ctx, adversarial=True), prop, pinned=pinned if is_bpe(ctx) else (),
+        special=special_inputs(ctx, tok),
     )

@@ -544,6 +544,24 @@ class SumOverCount(Plain):
         return total / count if int(count) else total * 0.0
 
 
+class Float32Loss(Plain):
+    """The loss as transformers' ForCausalLMLoss computes it: logits upcast (here: cast) to
+    float32 whatever they came in, shifted, F.cross_entropy summed and divided by
+    num_items_in_batch (or the count); a float32 result even for float64 logits."""
+
+    name = "correct-float32-loss"
+
+    def loss(self, logits, labels, num_items_in_batch=None):
+        logits = logits.float()
+        shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1])
+        shift_labels = labels[:, 1:].reshape(-1).to(shift_logits.device)
+        total = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX,
+                                reduction="sum")
+        n = num_items_in_batch if num_items_in_batch is not None else int(
+            (shift_labels != IGNORE_INDEX).sum())
+        return total / n if n else total * 0.0
+
+
 class TrainsAfterEotUnused(Plain):
     """Declares trains_after_eot = True (it MAY train the newline after the end token) but does
     not: declaring 'may train' must not require it."""
@@ -671,7 +689,8 @@ class PerTurn(Plain):
 
 _ALL = [Plain, OwnException, PadToMultipleOf8, BaseModelEos, Bf16Autocast, RightPadAllOnesMask,
         LeftPadding, LengthGrouped, NoAttentionMask, PackedUndeclared, PaddingFree, Shifted,
-        SumOverCount, TrainsAfterEotUnused, LastTurnOnly, DropOverlong, TruncatePrompt,
+        SumOverCount, Float32Loss, TrainsAfterEotUnused, LastTurnOnly, DropOverlong,
+        TruncatePrompt,
         TruncateEnd, Llama3, WithOptions, PerTurn]
 
 REGISTRY = {cls.name: f"{__name__}:{cls.__name__}" for cls in _ALL}
