@@ -43,6 +43,8 @@ class Context:
     rejections: dict = field(default_factory=dict)  # why the others were not judged
     notes: list = field(default_factory=list)  # what the report says beside the verdict
     last_inputs: dict = field(default_factory=dict)
+    check_id: str = ""  # the check running now (a refusal is its finding)
+    memo: dict = field(default_factory=dict)  # what the checks computed once per run
     _tokenizers: dict = field(default_factory=dict)
     _model: object = None
 
@@ -68,9 +70,17 @@ class Context:
     def collate(self, conversations, tokenizer, max_length: int | None = None) -> dict:
         max_length = max_length or self.max_length
         self.last_inputs = {"conversations": conversations, "max_length": max_length,
-                            "pad_equals_eos": tokenizer.pad_token_id == tokenizer.eos_token_id}
+                            "pad_equals_eos": tokenizer.pad_token_id == tokenizer.eos_token_id,
+                            "tokenizer": tokenizer}
         try:
             batch = self.target.collate(conversations, tokenizer, max_length)
+        except TypeError as exc:
+            if _raised_by_the_call(exc):  # collate's signature does not take these arguments
+                raise TargetError(
+                    f"target {self.decl.name!r}: collate cannot be called as collate("
+                    f"conversations, tokenizer, max_length): {exc}. Give it that signature "
+                    "(docs/specification.md#the-target-protocol)") from exc
+            raise TargetRaised("collate(conversations, tokenizer, max_length)", exc) from exc
         except Exception as exc:
             raise TargetRaised("collate(conversations, tokenizer, max_length)", exc) from exc
         return validate_batch(batch, self.decl.name)
@@ -96,6 +106,13 @@ class Context:
         return model(**kwargs).logits
 
 
+def _raised_by_the_call(exc: TypeError) -> bool:
+    """Whether a TypeError comes from binding the call's arguments (no frame of the target's
+    own code ran), not from inside the target: a wrong signature, never a refusal."""
+    tb = exc.__traceback__
+    return tb is not None and tb.tb_next is None
+
+
 def validate_batch(batch, name: str) -> dict:
     """Check keys, shapes and dtypes of what ``collate`` returned; TargetError says what is off."""
     if not isinstance(batch, Mapping):
@@ -107,6 +124,10 @@ def validate_batch(batch, name: str) -> dict:
                           f"{sorted(batch)})")
     out = dict(batch)
     ids = out["input_ids"]
+    if isinstance(ids, torch.Tensor) and ids.dim() == 2 and 0 in ids.shape:
+        raise TargetError(f"target {name!r}: collate()['input_ids'] has shape "
+                          f"{tuple(ids.shape)}: a batch with no token (return the examples, or "
+                          "raise when there is nothing to train)")
     for key in ("input_ids", "labels", "attention_mask", "position_ids"):
         if key not in out or out[key] is None:
             out.pop(key, None)
@@ -122,8 +143,11 @@ def validate_batch(batch, name: str) -> dict:
                                torch.int8, torch.uint8):
             raise TargetError(f"target {name!r}: collate()[{key!r}] has dtype {value.dtype}, "
                               "expected an integer tensor")
+        if value.device.type == "meta":
+            raise TargetError(f"target {name!r}: collate()[{key!r}] is on the meta device: it "
+                              "holds no values")
         if value.shape != ids.shape:
             raise TargetError(f"target {name!r}: collate()[{key!r}] has shape "
                               f"{tuple(value.shape)} but input_ids has {tuple(ids.shape)}")
-        out[key] = value.long()
+        out[key] = value.long().cpu()  # the checks read values on the CPU
     return out

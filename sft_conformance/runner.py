@@ -170,6 +170,7 @@ def run_check(ctx: Context, check: Check) -> CheckResult:
         res.status, res.message = "skipped", f"the target has no such capability: {reason}"
         return res
     ctx.judged, ctx.rejections, ctx.notes, ctx.failed = 0, {}, [], False
+    ctx.check_id = check.id
     try:
         with warnings.catch_warnings():
             # targets warn about what checks provoke on purpose (dropped examples, empty batches)
@@ -192,14 +193,26 @@ def run_check(ctx: Context, check: Check) -> CheckResult:
         res.status, res.message = "skipped", str(exc)
     except TooFewJudged as exc:
         res.status, res.message = "error", f"{check.id}: {exc}"
-    except (TargetRaised, TargetError) as exc:
-        convs = ctx.last_inputs.get("conversations")
-        res.status = "error"
-        res.message = (f"target {d.name!r}, check {check.id} ({check.name}): {exc}"
-                       + (f"\n  on conversations: {convs!r}" if convs is not None else ""))
-        res.counterexample = {"conversations": convs}
-        if known:
-            res.status, res.message = "xfail", f"known failure: {known}\n\n{res.message}"
+    except TargetRaised as exc:
+        lost = _lost_to_refusal(ctx, exc)
+        if lost:  # trainable data refused: the finding of the check that was judging it
+            from .refusals import refusal_message
+
+            res.status = "failed"
+            res.message = refusal_message(ctx, check, exc, lost,
+                                          ctx.last_inputs.get("max_length"))
+            res.counterexample = {"conversations": ctx.last_inputs.get("conversations"),
+                                  "lost": [{"example": i, "trainable": n} for i, n in lost],
+                                  "exception": f"{type(exc.original).__name__}: "
+                                               f"{exc.original}"}
+            if known:
+                res.status, res.message = "xfail", f"known failure: {known}\n\n{res.message}"
+            if not ctx.judged:
+                ctx.judged = 1  # the refused batch was judged
+        else:
+            _target_error(res, ctx, check, exc, known)
+    except TargetError as exc:
+        _target_error(res, ctx, check, exc, known)
     except Exception as exc:  # a bug in the check or an unexpected library error
         res.status = "error"
         res.message = (f"target {d.name!r}, check {check.id} ({check.name}) crashed: "
@@ -207,6 +220,33 @@ def run_check(ctx: Context, check: Check) -> CheckResult:
     res.seconds = round(time.perf_counter() - start, 3)
     res.judged, res.notes = ctx.judged, list(dict.fromkeys(ctx.notes))
     return res
+
+
+def _lost_to_refusal(ctx: Context, exc: TargetRaised) -> list:
+    """The trainable examples a refusal of ``collate`` lost (empty for another method's error or
+    a batch with nothing left to train)."""
+    if not exc.where.startswith("collate"):
+        return []
+    from .refusals import trainable_counts
+
+    inputs = ctx.last_inputs
+    tok = inputs.get("tokenizer")
+    if tok is None or not inputs.get("conversations"):
+        return []
+    return trainable_counts(ctx, inputs["conversations"], tok, inputs.get("max_length"))
+
+
+def _target_error(res, ctx, check, exc, known) -> None:
+    """An error the suite cannot judge as a finding: a malformed batch, a method that cannot
+    be called, an exception outside collate, a refusal that lost nothing trainable."""
+    d = ctx.decl
+    convs = ctx.last_inputs.get("conversations")
+    res.status = "error"
+    res.message = (f"target {d.name!r}, check {check.id} ({check.name}): {exc}"
+                   + (f"\n  on conversations: {convs!r}" if convs is not None else ""))
+    res.counterexample = {"conversations": convs}
+    if known:
+        res.status, res.message = "xfail", f"known failure: {known}\n\n{res.message}"
 
 
 class TooFewJudged(Exception):

@@ -37,6 +37,9 @@ def test_data_parallel_check(target, status):
     assert result.status == status, result.message
     if status == "failed":
         assert "mean of per-rank means" in result.message
+    else:  # a pass says what it judged: every conversation of both ranks, under the floor
+        assert result.judged >= 5, result.judged
+        assert any("2 ranks" in n for n in result.notes), result.notes
 
 
 def test_ci_profile_is_deterministic():

@@ -12,7 +12,7 @@ from sft_conformance.reference import (
 )
 
 from .. import profiles
-from ..context import Context
+from ..context import Context, TargetRaised
 from ..failures import CheckFailure
 from ..strategies import CHAR_ALPHABET, conversations
 
@@ -121,6 +121,8 @@ def run_special(ctx: Context, prop, special, split=None) -> None:
                     _judge_once(ctx, prop, smaller)
                 except CheckFailure as narrow:
                     raise narrow from None
+                except TargetRaised:
+                    raise  # refused alone: judged as a refusal (runner), on one conversation
                 except Exception:
                     continue
             raise exc

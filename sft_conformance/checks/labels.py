@@ -13,20 +13,30 @@ from ..alignment import (
     canonical_labels,
     locate_examples,
 )
-from ..failures import fail_at_position
+from ..failures import fail, fail_at_position
 from .engine import require_fits
 
 
 def expected_labels(ctx, convs, tok):
     """The examples the specification expects (the reference's ids and trained positions) and
     their canonical labels."""
-    exs = [
-        build_example(
-            c, tok, policy=ctx.decl.turn_policy, index=i, tokenization=ctx.decl.tokenization
-        )
-        for i, c in enumerate(convs)
-    ]
-    return exs, [labels_for(ex) for ex in exs]
+    import json
+
+    key = (id(tok), tok.name_or_path, ctx.decl.turn_policy, ctx.decl.tokenization,
+           json.dumps(convs, sort_keys=True, default=str))
+    memo = ctx.memo.setdefault("expected_labels", {})
+    if key not in memo:
+        if len(memo) > 4096:
+            memo.clear()
+        exs = [
+            build_example(
+                c, tok, policy=ctx.decl.turn_policy, index=i, tokenization=ctx.decl.tokenization
+            )
+            for i, c in enumerate(convs)
+        ]
+        memo[key] = (exs, [labels_for(ex) for ex in exs])
+    exs, want = memo[key]
+    return list(exs), [list(w) for w in want]
 
 
 def tokenizer_note(ctx, convs, tok) -> None:
@@ -95,14 +105,42 @@ def segments_for(ctx, batch, exs, convs, *, tok, pad_equals_eos=False, want=None
     )
 
 
-def collated(ctx, convs, tok, *, pad_equals_eos=False):
+def collated(ctx, convs, tok, *, pad_equals_eos=False, judge_drops=False):
     """Collate a drawn batch (judged only if every conversation fits ``max_length``) and find
     each expected example in it: ``(batch, examples, labels, segments)``."""
     require_fits(ctx, convs, tok)
     batch = ctx.collate(convs, tok)
     exs, want = expected_labels(ctx, convs, tok)
     segs = segments_for(ctx, batch, exs, convs, tok=tok, pad_equals_eos=pad_equals_eos, want=want)
+    if judge_drops:
+        judge_dropped(ctx, convs, tok, batch, exs, segs, pad_equals_eos=pad_equals_eos)
     return batch, exs, want, segs
+
+
+def judge_dropped(ctx, convs, tok, batch, exs, segs, *, pad_equals_eos=False):
+    """Fail when the batch silently lost an example that has tokens to train (see
+    :mod:`sft_conformance.refusals`): the finding of the check judging the batch."""
+    __tracebackhide__ = True
+    from ..refusals import dropped_examples
+
+    if ctx.decl.splits_documents:
+        return  # a split document is located by S8, not here
+    lost = dropped_examples(batch, exs, segs, tok.pad_token_id)
+    if lost:
+        i = lost[0]
+        fail(
+            ctx,
+            f"{ctx.check_id}: example {i} ({exs[i].n_trained} trainable tokens under "
+            f"turn_policy={ctx.decl.turn_policy!r}) is missing from the batch: the target "
+            f"silently dropped a conversation that has tokens to train "
+            f"({batch['input_ids'].shape[0]} rows for {len(exs)} conversations; its ids "
+            "appear nowhere, not even re-tokenized). A filter that drops rows whose labels are "
+            "all -100 hides a masking bug this way: the model never sees the conversation.",
+            conversations=convs,
+            pad_equals_eos=pad_equals_eos,
+            example=i,
+            trainable=exs[i].n_trained,
+        )
 
 
 def differences(ctx, convs, tok, batch, relevant, *, pad_equals_eos=False):
@@ -141,9 +179,15 @@ def aligned(expected_ids, got_ids, got_labels):
     return out
 
 
-def compare_labels(ctx, convs, tok, batch, relevant, *, what, spec, pad_equals_eos=False):
-    """Fail at the first position where ``relevant(pos, got, want, example)`` holds."""
+def compare_labels(ctx, convs, tok, batch, relevant, *, what, spec, pad_equals_eos=False,
+                   judge_drops=False):
+    """Fail at the first position where ``relevant(pos, got, want, example)`` holds
+    (``judge_drops``: first, fail on a trainable example the batch lost)."""
     __tracebackhide__ = True
+    if judge_drops:
+        exs, want = expected_labels(ctx, convs, tok)
+        segs = segments_for(ctx, batch, exs, convs, tok=tok, want=want)
+        judge_dropped(ctx, convs, tok, batch, exs, segs, pad_equals_eos=pad_equals_eos)
     for i, t, got, want, ids, seg in differences(
         ctx, convs, tok, batch, relevant, pad_equals_eos=pad_equals_eos
     ):
@@ -163,7 +207,8 @@ def compare_labels(ctx, convs, tok, batch, relevant, *, what, spec, pad_equals_e
         )
 
 
-def label_property(ctx, relevant, *, what: str, spec: str, with_pad_eos: bool = False):
+def label_property(ctx, relevant, *, what: str, spec: str, with_pad_eos: bool = False,
+                   judge_drops: bool = False):
     """A property over a batch of conversations: the labels agree with the reference wherever
     ``relevant`` says the difference is this check's business. ``with_pad_eos``: the property
     takes ``(conversations, pad_equals_eos)`` and runs with that pad configuration."""
@@ -181,6 +226,7 @@ def label_property(ctx, relevant, *, what: str, spec: str, with_pad_eos: bool = 
             what=what + (" (pad == eos)" if pad_eos else ""),
             spec=spec,
             pad_equals_eos=pad_eos,
+            judge_drops=judge_drops,
         )
 
     return prop

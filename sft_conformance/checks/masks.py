@@ -61,6 +61,7 @@ def check_first_response_token_trained(ctx: Context) -> None:
         ),
         what="S2: an assistant token is not trained (or is trained with the wrong label)",
         spec="every token of the assistant's content is a target, the first included",
+        judge_drops=True,
     )
 
     pinned = [
@@ -126,6 +127,7 @@ def check_end_of_turn_trained(ctx: Context) -> None:
             spec="the end-of-turn token of each assistant turn (the template's first special token "
             "after the content, not necessarily eos) is a target",
             pad_equals_eos=pad_eos,
+            judge_drops=True,
         )
 
     pinned = [
@@ -163,7 +165,8 @@ def check_multi_turn_policy(ctx: Context) -> None:
     def prop(inputs):
         convs, pad_eos = inputs
         tok = ctx.tokenizer(pad_equals_eos=pad_eos)
-        batch, exs, want, segs = collated(ctx, convs, tok, pad_equals_eos=pad_eos)
+        batch, exs, want, segs = collated(ctx, convs, tok, pad_equals_eos=pad_eos,
+                                          judge_drops=True)
         for i, (conv, ex, seg) in enumerate(zip(convs, exs, segs)):
             if seg is None:
                 continue

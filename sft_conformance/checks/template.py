@@ -19,6 +19,7 @@ from .labels import (
     differences,
     droppable_tails,
     expected_labels,
+    judge_dropped,
     segments_for,
     tokenizer_note,
 )
@@ -46,6 +47,10 @@ def check_template_parity(ctx: Context) -> None:
             if seg is None:
                 if ctx.decl.splits_documents:
                     continue
+                from ..refusals import dropped_examples
+
+                if i in dropped_examples(batch, exs, segs, tok.pad_token_id):
+                    judge_dropped(ctx, convs, tok, batch, exs, segs)
                 fail(
                     ctx,
                     f"S1: the input ids of example {i} appear nowhere in the batch as one run "

@@ -110,7 +110,12 @@ def check_truncation(ctx: Context) -> None:
         try:
             batch = ctx.collate(convs, tok, cap)
         except TargetRaised as exc:
-            if (policy == "raise" and overlong) or empty:
+            # conformant only when the batch has nothing left to train under the declared
+            # policies (refusals.py), or when raising on an over-long example is declared
+            from ..refusals import describe_lost, trainable_counts
+
+            lost = trainable_counts(ctx, convs, tok, cap)
+            if (policy == "raise" and overlong) or not lost:
                 cause = exc.original
                 ctx.notes.append(
                     f"refused a batch with nothing left to train (example(s) {empty or overlong} "
@@ -124,7 +129,8 @@ def check_truncation(ctx: Context) -> None:
                     ctx,
                     f"S9: the target refused a batch that its declared policy "
                     f"overlong={policy!r} keeps something of (over-long example(s) {overlong} "
-                    f"at max_length={cap}): {type(cause).__name__}: {cause}".splitlines()[0],
+                    f"at max_length={cap}; trainable: {describe_lost(lost)}): "
+                    f"{type(cause).__name__}: {cause}".splitlines()[0],
                     conversations=convs,
                     max_length=cap,
                 )
@@ -283,7 +289,10 @@ def check_truncation(ctx: Context) -> None:
                         fail(
                             ctx,
                             f"S9: {message}; the target declares 'truncate_response', "
-                            "which keeps it so the model still learns to stop.",
+                            "which keeps it so the model still learns to stop. If cutting "
+                            "the end token is what the trainer means to do, declare "
+                            "overlong = 'truncate' (the end token may be cut; the report "
+                            "then warns instead of failing).",
                             conversations=convs,
                             max_length=cap,
                             example=i,
