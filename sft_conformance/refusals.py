@@ -70,7 +70,8 @@ def refusal_message(ctx, check, exc, lost, max_length) -> str:
         "  Losing a conversation that has tokens to train is a finding, not a configuration "
         "error: the model never sees it. Only a batch with nothing left to train may be refused "
         "(S9). A filter that drops rows whose labels are all -100 hides a masking bug this way."
-        f"\n\nReproduce:\n{repro_snippet(ctx, convs, pad_equals_eos=pad_eos, max_length=max_length)}"
+        "\n\nReproduce:\n"
+        + repro_snippet(ctx, convs, pad_equals_eos=pad_eos, max_length=max_length)
     )
 
 

@@ -99,8 +99,10 @@ def test_bad_batches_are_errors_naming_target_check_and_example(tmp_path, capsys
     text = capsys.readouterr().out
     assert code == 1
     assert "target 'wrong-shape', check S1" in text and "has shape" in text
-    assert "target 'raises', check S1" in text and "KeyError: 'prompt'" in text
     assert "on conversations:" in text
+    # a target that raises on trainable data refused it: S1's finding, with what was lost
+    assert "S1: the target refused a batch that has tokens to train" in text
+    assert "KeyError: 'prompt'" in text and "trainable token" in text
 
 
 def test_targets_lists_builtins(capsys):

@@ -41,19 +41,34 @@ def expected_labels(ctx, convs, tok):
 
 def tokenizer_note(ctx, convs, tok) -> None:
     """Note (once per check) when the tokenizer merges template glue with content: training
-    and inference cannot agree on the first response token there, whichever convention."""
-    for c in convs:
-        whole = build_example(c, tok, policy=ctx.decl.turn_policy).input_ids
+    and inference cannot agree on the first response token there, whichever convention. The
+    note names the example, the assistant turn and the merged token."""
+    from ..tables import show_token
+
+    if any(n.startswith("note: the tokenizer") for n in ctx.notes):
+        return  # once per check
+    for i, c in enumerate(convs):
+        whole_ex = build_example(c, tok, policy=ctx.decl.turn_policy)
+        whole = whole_ex.input_ids
         per_turn = build_example(
             c, tok, policy=ctx.decl.turn_policy, tokenization="per_turn"
         ).input_ids
         if whole != per_turn:
+            t = first_difference(whole, per_turn) or 0
+            turn = next((sp for sp in whole_ex.turns if sp.start <= t < sp.stop), None)
+            turn = turn or next((sp for sp in whole_ex.turns if sp.start >= t), None)
+            where = (f"assistant message {turn.message}" if turn is not None
+                     else "an assistant turn")
+            merged = show_token(tok, whole[t]) if t < len(whole) else "-"
+            split = " + ".join(f"'{show_token(tok, x)}'" for x in per_turn[t:t + 2])
             ctx.notes.append(
                 f"note: the tokenizer {tok.name_or_path.split('+')[0]!r} merges template glue "
-                "with content at a prompt/response boundary (its whole-conversation and per-turn "
-                "tokenizations differ), so training and inference cannot agree on the first "
-                "response token there: a fact about the tokenizer, not the target. The target "
-                f"is held to its declared tokenization {ctx.decl.tokenization!r}."
+                f"with content at a prompt/response boundary: in example {i}, {where}, the "
+                f"whole conversation tokenizes position {t} as '{merged}' (id {whole[t]}) "
+                f"where the prompt and response tokenized apart give {split}. Training and "
+                "inference cannot agree on the first response token there: a fact about the "
+                f"tokenizer, not the target. The target is held to its declared tokenization "
+                f"{ctx.decl.tokenization!r}. Conversation: {c!r}"[:900]
             )
             return
 
