@@ -15,10 +15,10 @@ what a message *contains* cannot move the mask (S11).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .errors import ConversationError, TemplateError, TokenizerError
+from .errors import TemplateError, TokenizerError
 
 ROLES = ("system", "user", "assistant")
 POLICIES = ("all", "last")
@@ -43,6 +43,21 @@ class Example:
     trained: list[bool]
     turns: list[TurnSpan] = field(default_factory=list)
     text: str = ""
+    #: (message index, field) of fields the template did not render (reasoning under a template
+    #: without reasoning, tool calls under one without tools): reported, never lost in silence
+    unrendered: list = field(default_factory=list)
+    #: agentic conversations: character offsets of each token, and each message's payload
+    #: region ``{message: (start, stop)}`` and reasoning region in the rendering (.agentic)
+    offsets: list = field(default_factory=list)
+    regions: dict = field(default_factory=dict)
+    reasoning: dict = field(default_factory=dict)
+    roles: dict = field(default_factory=dict)  # {message: role}
+    calls: set = field(default_factory=set)  # assistant messages that carry tool calls
+
+    def positions(self, region) -> list[int]:
+        """Token positions overlapping a character region of the rendering."""
+        a, b = region
+        return [t for t, (s, e) in enumerate(self.offsets) if s < b and e > a and e > s]
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -53,33 +68,13 @@ class Example:
 
 
 def validate_conversation(conversation, index: int = 0, roles: Sequence[str] = ROLES) -> None:
-    """Raise :class:`ConversationError` naming the example and field unless it is well formed."""
-    if not isinstance(conversation, Sequence) or isinstance(conversation, (str, bytes)):
-        raise ConversationError(
-            f"a conversation must be a list of messages, got {type(conversation).__name__}",
-            example=index, field="conversation")
-    if len(conversation) == 0:
-        raise ConversationError("the conversation is empty", example=index, field="conversation")
-    for j, message in enumerate(conversation):
-        if not isinstance(message, Mapping):
-            raise ConversationError(
-                f"must be a mapping with 'role' and 'content', got {type(message).__name__}",
-                example=index, field=f"messages[{j}]")
-        for key in ("role", "content"):
-            if key not in message:
-                raise ConversationError(f"missing key {key!r}", example=index,
-                                        field=f"messages[{j}]")
-        if message["role"] not in roles:
-            raise ConversationError(
-                f"unknown role {message['role']!r} (expected one of {', '.join(roles)})",
-                example=index, field=f"messages[{j}].role")
-        if not isinstance(message["content"], str):
-            raise ConversationError(
-                f"content must be a string, got {type(message['content']).__name__}",
-                example=index, field=f"messages[{j}].content")
-    if not any(m["role"] == "assistant" for m in conversation):
-        raise ConversationError("the conversation has no assistant turn, so nothing to train",
-                                example=index, field="conversation")
+    """Raise :class:`ConversationError` naming the example and field unless it is well formed
+    (the shapes of :mod:`.conversation`: a list of messages, or ``{"messages", "tools"}``)."""
+    from .conversation import ROLES as ALL_ROLES
+    from .conversation import validate
+
+    validate(conversation, index, roles=tuple(roles) + tuple(r for r in ALL_ROLES
+                                                            if r not in roles and r == "tool"))
 
 
 def check_tokenizer(tokenizer, *, need_offsets: bool = True) -> None:
@@ -99,10 +94,39 @@ def has_generation_tags(tokenizer) -> bool:
     return bool(_GENERATION_TAG.search(tokenizer.chat_template or ""))
 
 
-def render(tokenizer, messages, *, add_generation_prompt: bool = False) -> str:
-    """The chat template's text for ``messages``, as inference renders it."""
+def render(tokenizer, messages, *, add_generation_prompt: bool = False, tools=None) -> str:
+    """The chat template's text for ``messages`` (a list, or a conversation with ``tools``), as
+    inference renders it: ``apply_chat_template(messages, tools=tools)``."""
+    from .conversation import split
+
+    messages, found = split(messages)
+    tools = tools or found
+    kwargs = {"tools": tools} if tools else {}
     return tokenizer.apply_chat_template(list(messages), tokenize=False,
-                                         add_generation_prompt=add_generation_prompt)
+                                         add_generation_prompt=add_generation_prompt, **kwargs)
+
+
+_END_OF_TURN: dict = {}
+
+
+def end_of_turn_id(tokenizer) -> int | None:
+    """The template's end-of-turn token: the first special token after a plain answer."""
+    key = (getattr(tokenizer, "name_or_path", ""), id(tokenizer))
+    if key not in _END_OF_TURN:
+        conv = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+        found = None
+        try:
+            text = render(tokenizer, conv)
+            enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            special = _special_ids(tokenizer)
+            _, c1 = _locate_content(text[len(render(tokenizer, conv[:1])):], "a")
+            c1 += len(render(tokenizer, conv[:1]))
+            found = next((i for i, (s, e) in zip(enc["input_ids"], enc["offset_mapping"])
+                          if s >= c1 and e > s and i in special), None)
+        except Exception:
+            found = None
+        _END_OF_TURN[key] = found
+    return _END_OF_TURN[key]
 
 
 def _special_ids(tokenizer) -> set[int]:
@@ -122,10 +146,14 @@ def _locate_content(turn_text: str, content: str) -> tuple[int, int]:
     raise ValueError("content not found")
 
 
-def _spans_from_rendering(conversation, tokenizer, text, offsets, ids, index):
+def _spans_from_rendering(conversation, tokenizer, text, offsets, ids, index, located=None):
     """Trained spans of the assistant turns, from where the template renders each one."""
     special = _special_ids(tokenizer)
-    located = _turns_by_prefix(conversation, tokenizer, text)
+    terminator = None
+    if located is not None:  # an agentic conversation (.agentic): the template's end token
+        terminator = end_of_turn_id(tokenizer)
+    else:
+        located = _turns_by_prefix(conversation, tokenizer, text)
     if located is None:  # the template is not prefix-preserving for this conversation
         located = _turns_by_placeholders(conversation, tokenizer, text, index)
     spans = []
@@ -135,7 +163,14 @@ def _spans_from_rendering(conversation, tokenizer, text, offsets, ids, index):
         if gap.strip():  # text the template adds after the generation prompt (a <think> block)
             span_start = header_end + len(gap) - len(gap.lstrip())
         span_end, end_token = None, None
+        if terminator is not None:  # a tool-call turn may hold other specials before its end
+            for t, (s, e) in enumerate(offsets):
+                if s >= content_end and e <= turn_end and ids[t] == terminator and e > s:
+                    span_end, end_token = e, t
+                    break
         for t, (s, e) in enumerate(offsets):
+            if span_end is not None:
+                break
             if s >= content_end and e <= turn_end and ids[t] in special and e > s:
                 span_end, end_token = e, t
                 break
@@ -256,8 +291,12 @@ def _renders_empty(tokenizer) -> bool:
 
 
 def _spans_from_generation_tags(conversation, tokenizer, ids, index):
+    from .conversation import split
+
+    conversation, tools = split(conversation)
+    kwargs = {"tools": tools} if tools else {}
     out = tokenizer.apply_chat_template(list(conversation), tokenize=True, return_dict=True,
-                                        return_assistant_tokens_mask=True)
+                                        return_assistant_tokens_mask=True, **kwargs)
     if list(out["input_ids"]) != ids:
         raise TemplateError("apply_chat_template(tokenize=True) disagrees with tokenizing the "
                             "rendered text", example=index, field="tokenizer")
@@ -331,6 +370,11 @@ def build_example(conversation, tokenizer, *, policy: str = "all", index: int = 
     except Exception as exc:  # jinja errors, raise_exception() in the template
         raise TemplateError(f"the chat template failed to render: {exc}", example=index,
                             field="conversation") from exc
+    from .conversation import is_agentic
+
+    if is_agentic(conversation):
+        return _build_agentic(conversation, tokenizer, text, policy=policy, index=index,
+                              tokenization=tokenization)
     if tokenization == "per_turn":
         ids, offsets = _tokenize_per_turn(conversation, tokenizer, text, index)
         spans = _spans_from_rendering(conversation, tokenizer, text, offsets, ids, index)
@@ -351,6 +395,57 @@ def build_example(conversation, tokenizer, *, policy: str = "all", index: int = 
         for t in range(span.start, span.stop):
             trained[t] = True
     return Example(ids, trained, spans, text)
+
+
+def _build_agentic(conversation, tokenizer, text, *, policy, index, tokenization) -> Example:
+    """:func:`build_example` for a conversation with tools, tool calls, tool results or
+    reasoning: turns located by rendering (:mod:`.agentic`), each assistant turn trained from
+    the end of its prompt side through the template's end-of-turn token, tool calls and the
+    reasoning the template renders in it included; tool results and every other message are
+    never trained."""
+    from .agentic import Locator
+    from .conversation import split
+
+    messages, tools = split(conversation)
+    locator = Locator(tokenizer, messages, tools, text, index)
+    located, unrendered = locator.turns()
+    regions = {k: r for k in range(len(messages)) if (r := locator.region(k)) is not None}
+    reasoning = {j: r for j, m in enumerate(messages)
+                 if m.get("role") == "assistant" and m.get("reasoning_content")
+                 and (r := locator.region(j, ("reasoning_content",))) is not None}
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    offsets = [tuple(o) for o in enc["offset_mapping"]]
+    if tokenization == "per_turn":
+        terminator = end_of_turn_id(tokenizer)
+        cuts = [0]
+        for _, header_end, _, content_end, window_end, _ in located:
+            end = next((e for t, (s, e) in enumerate(offsets)
+                        if s >= content_end and e <= window_end and e > s
+                        and ids[t] == terminator), content_end)
+            cuts += [header_end, end]
+        cuts.append(len(text))
+        ids, offsets = [], []
+        for a, b in zip(cuts, cuts[1:]):
+            if b <= a:
+                continue
+            piece = tokenizer(text[a:b], add_special_tokens=False, return_offsets_mapping=True)
+            ids += list(piece["input_ids"])
+            offsets += [(s + a, e + a) for s, e in piece["offset_mapping"]]
+        spans = _spans_from_rendering(messages, tokenizer, text, offsets, ids, index, located)
+    elif has_generation_tags(tokenizer):
+        spans = _spans_from_generation_tags(conversation, tokenizer, ids, index)
+    else:
+        spans = _spans_from_rendering(messages, tokenizer, text, offsets, ids, index, located)
+    if policy == "last":
+        spans = spans[-1:]
+    trained = [False] * len(ids)
+    for span in spans:
+        for t in range(span.start, span.stop):
+            trained[t] = True
+    return Example(ids, trained, spans, text, unrendered, offsets, regions, reasoning,
+                   {k: m["role"] for k, m in enumerate(messages)},
+                   {k for k, m in enumerate(messages) if m.get("tool_calls")})
 
 
 def prompt_ids(conversation, tokenizer) -> list[int]:

@@ -652,6 +652,100 @@ class DropsFullyMaskedRows(ReferenceTarget):
         return pad_examples(examples, tokenizer.pad_token_id)
 
 
+# -- agentic: tool calls, tool results, reasoning (S13-S15) ---------------------------------------
+
+
+class _AgenticMutant(ReferenceTarget):
+    """The reference's examples, with the trained positions changed by ``mutate_example``."""
+
+    tokenizer = "chatml-tools"
+
+    def mutate_example(self, ex, conversation, tokenizer):  # pragma: no cover - overridden
+        return ex
+
+    def collate(self, conversations, tokenizer, max_length):
+        examples = []
+        for i, conv in enumerate(conversations):
+            ex = self.mutate_example(build_example(conv, tokenizer, index=i), conv, tokenizer)
+            ex = truncate(ex, max_length, self.overlong, index=i)
+            if ex is not None:
+                examples.append(ex)
+        return pad_examples(_kept(examples), tokenizer.pad_token_id)
+
+
+class ToolResultsTrained(_AgenticMutant):
+    """Tool results are trained like the assistant's text (TRL's default loss on a messages +
+    tools dataset without assistant_only_loss; ARPO#9, oumi PR #2369, Megatron-Bridge#2598)."""
+
+    name = "mutant-tool-results-trained"
+
+    def mutate_example(self, ex, conversation, tokenizer):
+        for k, region in ex.regions.items():
+            if ex.roles.get(k) == "tool":
+                for t in ex.positions(region):
+                    ex.trained[t] = True
+        return ex
+
+
+class ToolCallArgumentsMasked(_AgenticMutant):
+    """Only an assistant message's content is trained: the tool calls rendered beside it
+    (names, arguments, wrappers) are masked (ms-swift#9263, axolotl PR #2115)."""
+
+    name = "mutant-tool-call-arguments-masked"
+
+    def mutate_example(self, ex, conversation, tokenizer):
+        from sft_conformance.reference.agentic import Locator
+        from sft_conformance.reference.conversation import split
+
+        messages, tools = split(conversation)
+        loc = Locator(tokenizer, messages, tools, ex.text)
+        for j in ex.calls:
+            calls = loc.region(j, ("tool_calls",))
+            if calls is not None:
+                for t in ex.positions(calls):
+                    ex.trained[t] = False
+        return ex
+
+
+class ToolCallEndUntrained(_AgenticMutant):
+    """The end-of-turn token of a turn that calls tools is not trained: the model never
+    learns to stop after a call (prime-rl PR #2644, TRL PR #5988, slime#514)."""
+
+    name = "mutant-tool-call-end-untrained"
+
+    def mutate_example(self, ex, conversation, tokenizer):
+        for span in ex.turns:
+            if span.message in ex.calls and span.end_token is not None:
+                ex.trained[span.end_token] = False
+        return ex
+
+
+class ToolsNotPassedToTemplate(_AgenticMutant):
+    """The conversation's tools never reach the chat template: rendered without tools=, the
+    schemas are missing from the system prompt (slime#1008, open-instruct PR #1746)."""
+
+    name = "mutant-tools-not-passed-to-template"
+
+    def collate(self, conversations, tokenizer, max_length):
+        from sft_conformance.reference.conversation import messages_of
+
+        return super().collate([messages_of(c) for c in conversations], tokenizer, max_length)
+
+
+class ReasoningMasked(_AgenticMutant):
+    """Reasoning the template renders inside a trained turn is masked (axolotl#3088, ms-swift
+    #4939): the model is trained to answer without the reasoning it was shown."""
+
+    name = "mutant-reasoning-masked"
+    tokenizer = "qwen3"
+
+    def mutate_example(self, ex, conversation, tokenizer):
+        for region in ex.reasoning.values():
+            for t in ex.positions(region):
+                ex.trained[t] = False
+        return ex
+
+
 _ALL = [OffByOneLate, OffByOneEarly, EosMaskedByValue, MissingEndToken, LabelsShiftedTwice,
         PerSequenceMean, MeanOfMicroBatchMeans, DenominatorCountsPadding,
         LeftPaddingWithoutPositions, AttentionMaskFromPadId, TrainsPadding,
@@ -661,7 +755,9 @@ _ALL = [OffByOneLate, OffByOneEarly, EosMaskedByValue, MissingEndToken, LabelsSh
         NanOnAllMasked, DoubleBos, FusedLossOptionDropsMask, TruncateDropsEndToken,
         KeepsZeroTargetExample, DropButTruncates, TruncatePromptCutsEnd, ExtraEndTokenNoMask,
         PackedDocumentNothingToTrain, PadEosPromptUndercount, PromptLengthCountsNonPad,
-        EndTokenAppendedUnlessPresent, TokenizesWithSpecialTokens, DropsFullyMaskedRows]
+        EndTokenAppendedUnlessPresent, TokenizesWithSpecialTokens, DropsFullyMaskedRows,
+        ToolResultsTrained, ToolCallArgumentsMasked, ToolCallEndUntrained,
+        ToolsNotPassedToTemplate, ReasoningMasked]
 
 REGISTRY = {cls.name: f"{__name__}:{cls.__name__}" for cls in _ALL}
 
@@ -701,6 +797,11 @@ KILLS = {
     "mutant-end-token-appended-unless-present": "S4",  # the end token's text ending an answer
     "mutant-tokenizes-with-special-tokens": "S1",  # a tokenizer that adds BOS by itself
     "mutant-drops-fully-masked-rows": "S2",  # a trainable conversation lost: failed, not error
+    "mutant-tool-results-trained": "S13",
+    "mutant-tool-call-arguments-masked": "S14",
+    "mutant-tool-call-end-untrained": "S14",
+    "mutant-tools-not-passed-to-template": "S1",  # needs a tool conversation among S1's draws
+    "mutant-reasoning-masked": "S15",
 }
 
 BUGS = {cls.name: (cls.__doc__ or "").strip().replace("\n    ", " ") for cls in _ALL}

@@ -178,10 +178,12 @@ def hint_for(ctx, conversation) -> str:
     """'Likely cause: ...' for a failing conversation that holds a special string of the
     tokenizer under test: which string, in which message, where, and what code most likely
     did with it."""
+    from sft_conformance.reference.conversation import messages_of
+
     tok = ctx.tokenizer()
     found = []
     for s in special_strings(tok):
-        for j, m in enumerate(conversation):
+        for j, m in enumerate(messages_of(conversation)):
             content = m.get("content") or ""
             if not isinstance(content, str) or s.text not in content:
                 continue

@@ -95,3 +95,82 @@ def lengths_around(max_length: int):
     """Token budgets near a cap: well under it, just under, at it and over it (S9)."""
     return st.sampled_from([max_length // 4, max_length - 1, max_length, max_length + 1,
                             2 * max_length])
+
+
+# -- agentic conversations: tools, tool calls, tool results, reasoning -------------------------
+
+_TOOL_NAMES = ("get_weather", "search", "calculator", "lookup_user", "send_email", "run_code")
+_ARG_NAMES = ("city", "query", "expression", "id", "to", "code", "limit")
+
+
+@st.composite
+def tool_schemas(draw, *, min_size: int = 1, max_size: int = 3) -> list[dict]:
+    """Tool schemas as offered to the template (``tools=``): distinct names, 1-2 parameters."""
+    names = draw(st.lists(st.sampled_from(_TOOL_NAMES), min_size=min_size, max_size=max_size,
+                          unique=True))
+    tools = []
+    for name in names:
+        params = draw(st.lists(st.sampled_from(_ARG_NAMES), min_size=1, max_size=2, unique=True))
+        tools.append({"type": "function", "function": {
+            "name": name, "description": f"{name.replace('_', ' ')} tool",
+            "parameters": {"type": "object",
+                           "properties": {p: {"type": "string"} for p in params},
+                           "required": params[:1]}}})
+    return tools
+
+
+@st.composite
+def tool_calls(draw, tools: list[dict], *, max_calls: int = 2) -> list[dict]:
+    """One call, or several in parallel; arguments as a dict or as a JSON string."""
+    import json
+
+    calls = []
+    for _ in range(draw(st.integers(1, max_calls))):
+        fn = draw(st.sampled_from(tools))["function"]
+        args = {p: draw(st.sampled_from(_WORDS[:12])) for p in fn["parameters"]["properties"]}
+        if draw(st.booleans()):
+            args = json.dumps(args)
+        calls.append({"type": "function", "function": {"name": fn["name"], "arguments": args}})
+    return calls
+
+
+@st.composite
+def agentic_conversations(draw, *, max_rounds: int = 2, reasoning: bool = True,
+                          system: bool | None = None, follow_up: bool | None = None,
+                          consecutive_assistant: bool = True) -> dict:
+    """``{"messages", "tools"}``: a user asks; the assistant calls tools (single or parallel,
+    content empty, ``None`` or text beside the calls, reasoning on some turns), each call gets
+    a tool result (consecutive tool messages), for 1..max_rounds rounds; then an answer;
+    sometimes a real user follow-up and another answer (it moves Qwen3's last query), and
+    sometimes two assistant messages in a row."""
+    content = message_contents(adversarial=False, max_pieces=5)
+    tools = draw(tool_schemas())
+    messages = []
+    if (draw(st.booleans()) if system is None else system):
+        messages.append({"role": "system", "content": draw(content)})
+    messages.append({"role": "user", "content": draw(content.filter(bool))})
+
+    def answer(**extra):
+        m = {"role": "assistant", "content": draw(content)}
+        if reasoning and draw(st.booleans()):
+            m["reasoning_content"] = draw(content.filter(lambda s: bool(s.strip())))
+        m.update(extra)
+        return m
+
+    for _ in range(draw(st.integers(1, max_rounds))):
+        calls = draw(tool_calls(tools))
+        beside = draw(st.sampled_from(["empty", "none", "text"]))
+        call_msg = answer(tool_calls=calls)
+        call_msg["content"] = {"empty": "", "none": None,
+                               "text": call_msg["content"] or "let me check"}[beside]
+        messages.append(call_msg)
+        for k, call in enumerate(calls):
+            messages.append({"role": "tool", "content": draw(content),
+                             "name": call["function"]["name"], "tool_call_id": f"call{k}"})
+    messages.append(answer())
+    if consecutive_assistant and draw(st.integers(0, 4)) == 0:
+        messages.append(answer())
+    if (draw(st.booleans()) if follow_up is None else follow_up):
+        messages.append({"role": "user", "content": draw(content.filter(bool))})
+        messages.append(answer())
+    return {"messages": messages, "tools": tools}

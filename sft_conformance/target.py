@@ -88,6 +88,8 @@ class Declared:
     has_loss: bool = False
     has_forward: bool = False
     description: str = ""
+    tools: bool = False  # collate accepts tool conversations (S13-S15)
+    reasoning: str | None = None  # "template", "all_turns" or "last_turn" (S15)
 
     @property
     def missing(self) -> list[str]:
@@ -108,6 +110,8 @@ def declared(target) -> Declared:
         splits_documents=bool(getattr(target, "splits_documents", False)),
         trains_after_eot=bool(getattr(target, "trains_after_eot", False)),
         tokenization=getattr(target, "tokenization", "whole"),
+        tools=bool(getattr(target, "tools", False)),
+        reasoning=getattr(target, "reasoning", None),
         known_failures=dict(getattr(target, "known_failures", {}) or {}),
         requires=tuple(getattr(target, "requires", ()) or ()),
         install_hint=str(getattr(target, "install_hint", "") or ""),
@@ -126,6 +130,9 @@ def declared(target) -> Declared:
     if d.tokenization not in TOKENIZATIONS:
         raise TargetError(f"target {d.name!r}: tokenization must be one of {TOKENIZATIONS}, "
                           f"got {d.tokenization!r}")
+    if d.reasoning not in (None, "template", "all_turns", "last_turn"):
+        raise TargetError(f"target {d.name!r}: reasoning must be 'template', 'all_turns' or "
+                          f"'last_turn', got {d.reasoning!r}")
     if d.overlong not in OVERLONG:
         raise TargetError(f"target {d.name!r}: overlong must be one of {OVERLONG}, "
                           f"got {d.overlong!r}")

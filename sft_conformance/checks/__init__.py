@@ -15,7 +15,16 @@ S7, S7dp), :mod:`.packing` (S8), :mod:`.truncation` (S9), :mod:`.options` (S12).
 
 from __future__ import annotations
 
-from . import loss, masks, options, packing, padding, template, truncation  # noqa: F401 (register)
+from . import (  # noqa: F401 (register)
+    agentic,
+    loss,
+    masks,
+    options,
+    packing,
+    padding,
+    template,
+    truncation,
+)
 from .registry import CHECKS, NEEDS, Check, missing_capability
 
 CHECKS.sort(key=lambda c: (int(c.id[1:].removesuffix("dp")), c.id.endswith("dp")))

@@ -129,8 +129,30 @@ def run_special(ctx: Context, prop, special, split=None) -> None:
         ctx.judged += judged
 
 
+def agentic_inputs(ctx: Context, tok) -> list:
+    """The agentic fixtures (a tool call and its result; parallel calls with consecutive
+    results and a follow-up; reasoning) as one pinned batch, for a target that declares
+    ``tools`` on a template that renders them."""
+    if not getattr(ctx.target, "tools", False) or not is_bpe(ctx):
+        return []
+    from .agentic import PARALLEL, REASONING, WEATHER, renders_tools
+
+    if renders_tools(tok):
+        return []
+    batch = [c for c in (WEATHER, PARALLEL, REASONING)
+             if getattr(ctx.target, "multi_turn", True) or c is not PARALLEL]
+    import copy
+
+    batch = copy.deepcopy(batch)
+    if fits(ctx, batch, tok):
+        ctx.notes.append(f"judged {len(batch)} pinned tool conversation(s) (a call and its "
+                         "result, parallel calls, reasoning)")
+        return [batch]
+    return []
+
+
 def special_inputs(ctx: Context, tok, *, multi_turn: bool = False, kinds=None,
-                   compact: bool = False) -> list:
+                   compact: bool = False, agentic: bool = False) -> list:
     """The pinned special-string batches for this target and tokenizer, as lists of
     conversations (none on the seed-001 character tokenizer, whose alphabet has no such
     strings); a note says how many conversations they hold."""
@@ -146,6 +168,7 @@ def special_inputs(ctx: Context, tok, *, multi_turn: bool = False, kinds=None,
         compact=compact,
     )
     batches = [b for b in batches if fits(ctx, b, tok)]
+    extra = agentic_inputs(ctx, tok) if agentic else []
     if batches:
         n = sum(len(b) for b in batches)
         ctx.notes.append(
@@ -153,7 +176,7 @@ def special_inputs(ctx: Context, tok, *, multi_turn: bool = False, kinds=None,
             "tokenizer's own special strings (pad, eos, end of turn, markers, look-alikes) at "
             "the start, middle and end of each role's content"
         )
-    return batches
+    return batches + extra
 
 
 def fits(ctx, convs, tok) -> bool:

@@ -33,7 +33,7 @@ from .labels import (
 from .registry import register
 
 
-def special_pad_eos(ctx: Context, *, multi_turn: bool = False) -> dict:
+def special_pad_eos(ctx: Context, *, multi_turn: bool = False, agentic: bool = False) -> dict:
     """``run_property`` arguments judging the special-string batches with the pad
     configurations the check draws: (batch, pad == eos) pairs, narrowed one conversation at a
     time on failure."""
@@ -41,7 +41,8 @@ def special_pad_eos(ctx: Context, *, multi_turn: bool = False) -> dict:
     for pad_eos in (False, True):
         if pad_eos_allowed(ctx, pad_eos):
             tok = ctx.tokenizer(pad_equals_eos=pad_eos)
-            out += [(b, pad_eos) for b in special_inputs(ctx, tok, multi_turn=multi_turn)]
+            out += [(b, pad_eos) for b in special_inputs(ctx, tok, multi_turn=multi_turn,
+                                                         agentic=agentic)]
     return {"special": out,
             "split": lambda inputs: [([c], inputs[1]) for c in inputs[0]]}
 
@@ -73,7 +74,7 @@ def check_first_response_token_trained(ctx: Context) -> None:
         batch_strategy(ctx, adversarial=False),
         prop,
         pinned=pinned[:1] if is_bpe(ctx) else pinned[1:],
-        special=special_inputs(ctx, ctx.tokenizer()),
+        special=special_inputs(ctx, ctx.tokenizer(), agentic=True),
     )
 
 
@@ -99,7 +100,7 @@ def check_no_prompt_or_glue_trained(ctx: Context) -> None:
         st.tuples(batch_strategy(ctx, adversarial=False), pad_eos_strategy(ctx)),
         prop,
         pinned=pinned if is_bpe(ctx) else (),
-        **special_pad_eos(ctx),
+        **special_pad_eos(ctx, agentic=True),
     )
 
 
@@ -147,7 +148,7 @@ def check_end_of_turn_trained(ctx: Context) -> None:
         st.tuples(batch_strategy(ctx, adversarial=False), pad_eos_strategy(ctx)),
         prop,
         pinned=[p for p in pinned if pad_eos_allowed(ctx, p[1])] if is_bpe(ctx) else (),
-        **special_pad_eos(ctx),
+        **special_pad_eos(ctx, agentic=True),
     )
 
 

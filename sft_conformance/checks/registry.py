@@ -48,6 +48,10 @@ NEEDS = {
     "packs": "packing (declare packs = True)",
     "multi_turn": "multi-turn conversations (the target declares multi_turn = False)",
     "distributed": "a run with distributed=True (--distributed): it spawns 2 processes",
+    "tools": "tool conversations (declare tools = True: collate accepts tool messages, "
+             "tool_calls and a conversation's tools)",
+    "reasoning": "a reasoning rule (declare reasoning = 'template', 'all_turns' or "
+                 "'last_turn')",
 }
 
 
@@ -59,6 +63,8 @@ def missing_capability(ctx: Context, check: Check) -> str | None:
         "packs": d.packs,
         "multi_turn": getattr(ctx.target, "multi_turn", True),
         "distributed": ctx.distributed,
+        "tools": bool(getattr(ctx.target, "tools", False)),
+        "reasoning": getattr(ctx.target, "reasoning", None) is not None,
     }
     for need in check.needs:
         if not have.get(need, False):

@@ -12,6 +12,8 @@ class ReferenceTarget:
     labels_shifted = False
     turn_policy = "all"
     overlong = "truncate_response"
+    tools = True  # tool conversations: the reference locates their turns by rendering
+    reasoning = "template"  # reasoning where the chat template renders it
 
     def collate(self, conversations, tokenizer, max_length):
         return Collator(labels_shifted=self.labels_shifted, policy=self.turn_policy,

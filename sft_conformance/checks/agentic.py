@@ -1,0 +1,210 @@
+"""Agentic checks: tool results are never trained (S13), tool-call turns are trained whole, their
+end token included (S14), reasoning follows the declared rule (S15)
+(docs/specification.md#s13, #s14, #s15).
+
+They draw conversations with tools, single and parallel calls, dict and JSON-string arguments,
+empty or ``None`` content beside calls, consecutive tool results, reasoning on some turns and a
+real user follow-up (:func:`sft_conformance.strategies.agentic_conversations`), and pin the
+standard fixture of the public bug reports. They apply to a target that declares ``tools = True``
+(S15: ``reasoning``), on a tokenizer whose template renders tools.
+"""
+
+from __future__ import annotations
+
+import hypothesis.strategies as st
+
+from sft_conformance.reference.conversation import messages_of
+
+from ..alignment import IGNORE_INDEX
+from ..context import Context
+from ..failures import CheckSkipped
+from ..strategies import agentic_conversations
+from .engine import run_property
+from .labels import label_property
+from .registry import register
+
+#: the standard example of the public reports (user asks, assistant calls, tool answers,
+#: assistant answers), with the schema offered
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "Get the weather of a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                   "required": ["city"]}}}
+WEATHER = {"messages": [
+    {"role": "user", "content": "What is the weather in Paris?"},
+    {"role": "assistant", "content": None, "tool_calls": [
+        {"type": "function", "function": {"name": "get_weather",
+                                          "arguments": {"city": "Paris"}}}]},
+    {"role": "tool", "content": "18C sunny", "name": "get_weather"},
+    {"role": "assistant", "content": "It is 18C and sunny in Paris."}],
+    "tools": [WEATHER_TOOL]}
+
+#: two calls in parallel, two consecutive results, content beside the calls, a follow-up
+PARALLEL = {"messages": [
+    {"role": "user", "content": "Weather in Paris and Lyon?"},
+    {"role": "assistant", "content": "Let me check both.", "tool_calls": [
+        {"type": "function", "function": {"name": "get_weather",
+                                          "arguments": '{"city": "Paris"}'}},
+        {"type": "function", "function": {"name": "get_weather",
+                                          "arguments": {"city": "Lyon"}}}]},
+    {"role": "tool", "content": "18C", "name": "get_weather"},
+    {"role": "tool", "content": "21C", "name": "get_weather"},
+    {"role": "assistant", "content": "Paris 18C, Lyon 21C."},
+    {"role": "user", "content": "Thanks!"},
+    {"role": "assistant", "content": "You are welcome."}],
+    "tools": [WEATHER_TOOL]}
+
+REASONING = {"messages": [
+    {"role": "user", "content": "What is the weather in Paris?"},
+    {"role": "assistant", "content": "", "reasoning_content": "I need the weather tool.",
+     "tool_calls": [{"type": "function", "function": {"name": "get_weather",
+                                                      "arguments": {"city": "Paris"}}}]},
+    {"role": "tool", "content": "18C sunny", "name": "get_weather"},
+    {"role": "assistant", "content": "It is 18C.", "reasoning_content": "Answer now."}],
+    "tools": [WEATHER_TOOL]}
+
+
+def renders_tools(tok) -> str | None:
+    """None when the template renders the standard tool conversation (the call's name and the
+    tool's result both show), else why not."""
+    from sft_conformance.reference.agentic import render
+
+    try:
+        text = render(tok, WEATHER["messages"], WEATHER["tools"])
+    except Exception as exc:
+        return f"its chat template cannot render a tool conversation ({type(exc).__name__}: " \
+               f"{str(exc)[:120]})"
+    if "get_weather" not in text.split("What is the weather")[-1] or "18C sunny" not in text:
+        return "its chat template does not render tool calls and tool results"
+    return None
+
+
+def applicable(ctx: Context, tok) -> None:
+    why = renders_tools(tok)
+    if why:
+        raise CheckSkipped(f"the tokenizer {tok.name_or_path!r}: {why}; run with a tokenizer "
+                           "whose template renders tools (chatml-tools, qwen2.5, qwen3, "
+                           "deepseek, mistral, llama3.1)")
+
+
+def agentic_batches(ctx, *, reasoning: bool = True, max_size: int = 2):
+    single = not getattr(ctx.target, "multi_turn", True)
+    return st.lists(
+        agentic_conversations(
+            reasoning=reasoning, follow_up=False if single else None,
+            system=False if not getattr(ctx.target, "system_prompt", True) else None),
+        min_size=1, max_size=max_size)
+
+
+def note_unrendered(ctx, convs, tok) -> None:
+    """A field the template does not render is reported, never lost in silence."""
+    from .labels import expected_labels
+
+    if any(n.startswith("note: the template does not render") for n in ctx.notes):
+        return
+    exs, _ = expected_labels(ctx, convs, tok)
+    for i, ex in enumerate(exs):
+        for j, field in ex.unrendered:
+            ctx.notes.append(
+                f"note: the template does not render {field} of example {i}'s message {j} "
+                f"({messages_of(convs[i])[j]['role']}): it is in the data but not in the "
+                "text the model sees (a fact about the template, not the target)")
+            return
+
+
+def tool_positions(ex) -> set[int]:
+    """Tokens inside the rendered content of a tool message."""
+    out = set()
+    for k, region in ex.regions.items():
+        if ex.roles.get(k) == "tool":
+            out.update(ex.positions(region))
+    return out
+
+
+def call_turn_positions(ex) -> set[int]:
+    """Tokens of the trained spans of assistant turns that carry tool calls."""
+    return {t for span in ex.turns if span.message in ex.calls
+            for t in range(span.start, span.stop)}
+
+
+def reasoning_positions(ex) -> set[int]:
+    return {t for region in ex.reasoning.values() for t in ex.positions(region)}
+
+
+def _agentic_property(ctx, relevant, *, what, spec):
+    prop = label_property(ctx, relevant, what=what, spec=spec, judge_drops=True)
+    tok = ctx.tokenizer()
+
+    def run(convs):
+        note_unrendered(ctx, convs, tok)
+        prop(convs)
+
+    return run
+
+
+def _judge(ctx, relevant, *, what, spec, pinned, reasoning=True):
+    applicable(ctx, ctx.tokenizer())
+    run_property(ctx, agentic_batches(ctx, reasoning=reasoning),
+                 _agentic_property(ctx, relevant, what=what, spec=spec),
+                 pinned=pinned, budget=0.6)
+
+
+# -- S13 ----------------------------------------------------------------------------------------
+
+
+@register("S13", "tools")
+def check_tool_results_never_trained(ctx: Context) -> None:
+    """No token of a tool result is trained, whatever the template renders it as
+    (S13, docs/specification.md#s13)."""
+    _judge(
+        ctx,
+        lambda t, got, want, ex: t in tool_positions(ex) and got is not None
+        and got != IGNORE_INDEX,
+        what="S13: a token of a tool result is trained: the model learns to write what the "
+        "environment returns",
+        spec="tool results are never targets (a Qwen user turn, a Llama ipython header, "
+        "Mistral's [TOOL_RESULTS], DeepSeek's tool outputs)",
+        pinned=[[WEATHER], [PARALLEL]],
+        reasoning=False,
+    )
+
+
+# -- S14 ----------------------------------------------------------------------------------------
+
+
+@register("S14", "tools")
+def check_tool_call_turns_trained(ctx: Context) -> None:
+    """Every rendered token of an assistant turn that calls tools is trained: each call's name,
+    arguments and wrappers, the content beside them, and the turn's end token
+    (S14, docs/specification.md#s14)."""
+    _judge(
+        ctx,
+        lambda t, got, want, ex: t in call_turn_positions(ex) and want != IGNORE_INDEX
+        and got is not None,
+        what="S14: a token of a tool-call turn is not trained (a call's name, arguments or "
+        "wrapper, or the turn's end token)",
+        spec="every rendered byte of every call and the turn's terminator are targets",
+        pinned=[[WEATHER], [PARALLEL]],
+        reasoning=False,
+    )
+
+
+# -- S15 ----------------------------------------------------------------------------------------
+
+
+@register("S15", "tools", "reasoning")
+def check_reasoning_follows_the_rule(ctx: Context) -> None:
+    """Reasoning is rendered where the declared rule puts it and trained wherever it is
+    rendered inside a trained turn (S15, docs/specification.md#s15)."""
+    rule = getattr(ctx.target, "reasoning", "template")
+    if rule != "template":
+        raise CheckSkipped(f"the reasoning rule {rule!r} is declared, and this version judges "
+                           "only 'template' (reasoning where the chat template renders it)")
+    _judge(
+        ctx,
+        lambda t, got, want, ex: t in reasoning_positions(ex) and got != want,
+        what="S15: a reasoning token is not labelled as the declared reasoning rule says "
+        "(trained inside a trained turn where the template renders it)",
+        spec=f"reasoning rule {getattr(ctx.target, 'reasoning', 'template')!r}: reasoning "
+        "rendered inside a trained assistant turn is trained",
+        pinned=[[REASONING]],
+    )
