@@ -114,11 +114,12 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
     """``sum(NLL) / denominator`` of ``hidden @ weight.T``, gradients computed in the forward.
 
     ``hidden`` (N, d), ``weight`` (V, d), ``targets`` (N,) with ``IGNORE_INDEX``; returns a
-    float32 scalar. The backward only scales the stored gradients by the incoming one.
+    float32 scalar; ``denominator`` a float32 0-d tensor (the trained positions). The backward
+    only scales the stored gradients by the incoming one.
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk_tokens: int, denominator: float):
+    def forward(ctx, hidden, weight, targets, chunk_tokens: int, denominator: torch.Tensor):
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
@@ -155,7 +156,8 @@ def chunked_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tenso
                  chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> torch.Tensor:
     """Token-mean cross-entropy of ``hidden @ weight.T`` over trained positions, chunked."""
     h, t = _aligned(hidden, labels)
-    denominator = float(max(int((t != IGNORE_INDEX).sum()), 1))
+    # a 0-d tensor, not a Python number: no device sync, no graph break under torch.compile
+    denominator = (t != IGNORE_INDEX).sum().clamp_min(1).float()
     if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
         return ChunkedLinearCrossEntropy.apply(h, weight, t, chunk_tokens, denominator)
     return chunked_token_nll(hidden, weight, labels, chunk_tokens).sum() / denominator
