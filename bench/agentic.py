@@ -13,14 +13,17 @@ function-calling cards, which publish counts of examples and messages but not to
 
 * the number of messages is drawn log-normal with median 16 and sigma 0.6, clipped to the
   published range 3..56;
-* the system prompt is a policy of 300-900 words plus 4-12 tool schemas (JSON, 2-6 parameters
+* the system prompt is a policy of 150-600 words plus 3-8 tool schemas (JSON, 2-6 parameters
   each);
 * a user message is 8-60 words, a tool call one JSON object, a tool result a JSON object of
-  3-30 fields, an assistant reply 10-120 words; 0-3 tool calls follow a user message before the
+  3-12 fields, an assistant reply 10-120 words; 0-3 tool calls follow a user message before the
   reply.
 
-These set a conversation's length to a few thousand tokens, so packing at 4,096 meets
-over-long conversations (truncated, end kept) as agentic SFT does. The report shows the measured
+With Qwen2.5's tokenizer these give conversations of about 2,600 tokens on average (200
+conversations, seed 0: mean 2,638, median 2,455, p90 3,645, 7% over 4,096; checked loosely in
+``tests/test_bench_data_presets.py``), so packing at 4,096 meets long and some over-long
+conversations (truncated, end kept). With the bundled 4k BPE the same text is about twice as many
+tokens. The report shows the measured
 distribution of what was generated, tokenized with the run's tokenizer. Tool calls and results
 are rendered as text in ordinary messages (``<tool_call>``/``<tool_response>`` tags, Hermes
 style; results in a user message, untrained), not as first-class tool messages.
@@ -70,7 +73,7 @@ def _call(rng: random.Random, tool: dict) -> str:
 
 def _result(rng: random.Random) -> str:
     fields = {f"field_{i}": (_words(rng, rng.randint(1, 6)) if rng.random() < 0.6 else
-                             rng.randint(0, 10**6)) for i in range(rng.randint(3, 30))}
+                             rng.randint(0, 10**6)) for i in range(rng.randint(3, 12))}
     return "<tool_response>\n" + json.dumps(fields) + "\n</tool_response>"
 
 
@@ -84,8 +87,8 @@ def generate_agentic(n: int, tokenizer=None, seed: int = 0) -> list[list[dict]]:
     rng = random.Random(seed + 25)
     convs = []
     for _ in range(n):
-        tools = [_schema(rng) for _ in range(rng.randint(4, 12))]
-        system = ("# Policy\n" + _words(rng, rng.randint(300, 900)) + "\n\n# Tools\nYou may "
+        tools = [_schema(rng) for _ in range(rng.randint(3, 8))]
+        system = ("# Policy\n" + _words(rng, rng.randint(150, 600)) + "\n\n# Tools\nYou may "
                   "call one or more functions. Function signatures, in <tools></tools>:\n<tools>\n"
                   + "\n".join(json.dumps(t) for t in tools) + "\n</tools>\nReturn each call as "
                   "a JSON object within <tool_call></tool_call>.")

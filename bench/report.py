@@ -42,7 +42,7 @@ def busy_cell(entry: dict) -> str:
     """GPU-busy fraction and its label; "not measured" on a CPU (never a number there)."""
     b = entry.get("busy")
     if not b:
-        return "n/a"
+        return "not recorded"
     if b.get("fraction") is None:
         return "not measured"
     from .busy import CPU_BOUND_BELOW
@@ -79,6 +79,8 @@ def busy_lines(results: dict) -> list[str]:
 
     measured = {s: e["busy"] for s, e in results["strategies"].items()
                 if e.get("busy") and e["busy"].get("fraction") is not None}
+    if not any("busy" in e for e in results["strategies"].values()):
+        return ["GPU-busy fraction: **not recorded** (these results predate it).", ""]
     if not measured:
         return ["GPU-busy fraction: **not measured** (no GPU in this run; it is CUDA kernel time "
                 "over wall time, from torch.profiler, on CUDA runs only).", ""]

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from sft_conformance.bench import losses
-from sft_conformance.bench.losses import StepLoss, chunked_loss, chunked_token_nll, choose_loss
+from sft_conformance.bench.losses import StepLoss, choose_loss, chunked_loss, chunked_token_nll
 from sft_conformance.reference.loss import per_token_nll, sft_loss
 
 

@@ -171,3 +171,18 @@ def test_report_says_not_measured_on_cpu(smoke_results):
     assert "not measured" in strategy_table(smoke_results)
     text = markdown(smoke_results, None)
     assert "GPU-busy fraction: **not measured**" in text and "CPU-bound:**" not in text
+
+
+def test_stored_h100_results_render_without_the_new_fields(tmp_path):
+    """Results stored before issue 25 (the H100 runs) still render: no busy fraction is made up
+    for them, the loss is the reference one they ran, the memory table has their peaks."""
+    from pathlib import Path
+
+    from sft_conformance.cli import main
+
+    stored = Path(__file__).resolve().parents[1] / "reports/bench/cuda-qwen-alpaca-h100.json"
+    assert main(["bench", "--results", str(stored), "--render", "--out", str(tmp_path),
+                 "--no-plot"]) == 0
+    text = (tmp_path / "cuda-qwen-alpaca-h100.md").read_text()
+    assert "GPU-busy fraction: **not recorded**" in text and "CPU-bound:**" not in text
+    assert "Loss: `reference`" in text and "| packed       | 10,529" in text

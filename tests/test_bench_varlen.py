@@ -33,7 +33,8 @@ def test_auto_selection_on_cuda_and_cpu():
             for f in (True, False) for v in (True, False)}
     assert pick[True, True]["flattened"] == pick[True, False]["flattened"] == "flash_attention_2"
     assert pick[True, True]["padded"] == "flash_attention_2"
-    assert pick[False, True]["flattened"] == "torch_varlen" and pick[False, True]["padded"] == "sdpa"
+    assert pick[False, True]["flattened"] == "torch_varlen"
+    assert pick[False, True]["padded"] == "sdpa"
     assert "varlen_attn" in pick[False, True]["why"]
     assert pick[False, False]["flattened"] == "flex_attention"
     assert all(p["skips_cross_document"] for p in pick.values())
