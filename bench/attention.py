@@ -5,7 +5,7 @@ Flattened layouts need documents kept apart inside a row. The implementations, i
 
 * ``flash_attention_2``: flash-attn's varlen kernels with explicit ``cu_seqlens`` (only where the
   ``flash_attn`` package is installed); padded runs use it too.
-* ``torch_varlen``: PyTorch's own ``torch.nn.attention.varlen.varlen_attn`` (torch 2.10+; the
+* ``torch_varlen``: PyTorch's own ``torch.nn.attention.varlen.varlen_attn`` (recent torch; the
   bundled FlashAttention-2, CUDA only) with the same explicit boundaries (``bench.varlen``).
 * ``flex_attention``: a FlexAttention document block mask (``bench.flex``), compiled on CUDA.
 * ``sdpa+block_causal_4d``: sdpa with an explicit dense 4D block-causal mask (masked, not
@@ -75,7 +75,7 @@ def choose_attention(device: str, requested: str | None = "auto", *, flash: bool
         raise ValueError("--attention flash_attention_2 needs CUDA and the flash_attn package")
     if requested == "torch_varlen" and not torch_varlen:
         raise ValueError("--attention torch_varlen needs CUDA and a torch with torch.nn.attention"
-                         ".varlen (2.10+; its kernel, aten::_flash_attention_forward, has no CPU "
+                         ".varlen (its kernel, aten::_flash_attention_forward, has no CPU "
                          "version)")
     return {"padded": padded, "flattened": requested, "skips_cross_document": skips[requested],
             "requested": requested, "why": f"--attention {requested}"}

@@ -1,6 +1,7 @@
 """PyTorch's own variable-length attention for the flattened layouts, without flash-attn.
 
-torch 2.10+ ships ``torch.nn.attention.varlen.varlen_attn(query, key, value, cu_seq_q, cu_seq_k,
+Recent torch (2.13.0 here; the release that added it is not checked) ships
+``torch.nn.attention.varlen.varlen_attn(query, key, value, cu_seq_q, cu_seq_k,
 max_q, max_k, *, scale, window_size, enable_gqa)`` on ``(total_tokens, heads, head_dim)``
 tensors, causal through ``window_size=(-1, 0)``. It calls ``aten::_flash_attention_forward``
 (PyTorch's bundled FlashAttention-2), which exists only for CUDA: on a CPU it raises
@@ -46,9 +47,33 @@ def available(device) -> bool:
 _kernel = None
 
 
-def _call_kernel(*args, **kwargs):
+def _parameters(fn) -> set[str]:
+    import inspect
+
+    try:
+        return set(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
+def _call_kernel(q, k, v, cu_q, cu_k, max_q, max_k, scale):
+    """Causal varlen attention through whichever keywords this torch's ``varlen_attn`` has:
+    ``window_size=(-1, 0)`` (2.13) or ``is_causal=True`` (earlier signatures); GQA in the kernel
+    (``enable_gqa``) or, without it, key/value heads repeated first."""
     fn = _kernel or kernel()
-    return fn(*args, **kwargs)
+    names = _parameters(fn)
+    kwargs = {"scale": scale}
+    if "window_size" in names or not names:
+        kwargs["window_size"] = (-1, 0)
+    else:
+        kwargs["is_causal"] = True
+    if q.shape[1] != k.shape[1]:
+        if "enable_gqa" in names or not names:
+            kwargs["enable_gqa"] = True
+        else:
+            rep = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+    return fn(q, k, v, cu_q, cu_k, max_q, max_k, **kwargs)
 
 
 def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
@@ -73,8 +98,7 @@ def attention(module, query, key, value, attention_mask, scaling=None, dropout=0
     cu_k = cu_seq_lens_q if cu_seq_lens_k is None else cu_seq_lens_k
     max_q = int(max_length_q)
     max_k = int(max_length_k if max_length_k is not None else max_q)
-    out = _call_kernel(q, k, v, cu_seq_lens_q, cu_k, max_q, max_k, scale=scaling,
-                       window_size=(-1, 0), enable_gqa=hq != hkv)
+    out = _call_kernel(q, k, v, cu_seq_lens_q, cu_k, max_q, max_k, scaling)
     return out.view(B, T, hq, D), None
 
 

@@ -146,6 +146,23 @@ def test_varlen_dispatch_keeps_documents_apart(model, examples, chatml, standin,
     assert result["documents_in_row"] >= 2 and standin  # the packed row ran the kernel
 
 
+def test_older_kernel_signature_is_called_with_is_causal_and_repeated_heads(monkeypatch):
+    """A varlen_attn without window_size/enable_gqa (an older torch) gets is_causal=True and
+    key/value heads repeated to the query's."""
+    seen = {}
+
+    def old_kernel(q, k, v, cu_q, cu_k, max_q, max_k, *, is_causal=False, scale=None):
+        seen.update(is_causal=is_causal, heads=(q.shape[1], k.shape[1], v.shape[1]))
+        return q
+
+    monkeypatch.setattr(varlen, "_kernel", old_kernel)
+    q, kv = torch.randn(1, 4, 6, 8), torch.randn(1, 2, 6, 8)
+    cu = torch.tensor([0, 6], dtype=torch.int32)
+    out, _ = varlen.attention(None, q, kv, kv, None, cu_seq_lens_q=cu, cu_seq_lens_k=cu,
+                              max_length_q=6, max_length_k=6)
+    assert seen == {"is_causal": True, "heads": (4, 4, 4)} and out.shape == (1, 6, 4, 8)
+
+
 def test_varlen_hidden_feed_for_the_chunked_loss(model, examples, chatml, standin):
     from sft_conformance.bench.runner import _activate
 
