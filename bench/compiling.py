@@ -45,9 +45,13 @@ def compile_loss(loss, backend: str = "inductor"):
     return torch.compile(loss, backend=backend)
 
 
+def optimizer_name(device: str) -> str:
+    return "AdamW (fused=True)" if torch.device(device).type == "cuda" else "AdamW (foreach=True)"
+
+
 def make_optimizer(model, lr: float, device: str):
     """AdamW, fused on CUDA and foreach elsewhere; returns ``(optimizer, description)``."""
     params = [p for p in model.parameters() if p.requires_grad]
     if torch.device(device).type == "cuda":
-        return torch.optim.AdamW(params, lr=lr, fused=True), "AdamW (fused=True)"
-    return torch.optim.AdamW(params, lr=lr, foreach=True), "AdamW (foreach=True)"
+        return torch.optim.AdamW(params, lr=lr, fused=True), optimizer_name(device)
+    return torch.optim.AdamW(params, lr=lr, foreach=True), optimizer_name(device)

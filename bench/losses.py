@@ -204,8 +204,3 @@ class StepLoss:
             return float(per_token_nll(out, labels).double().sum())
         return float(chunked_token_nll(out, weight, labels, self.chunk_tokens).double().sum())
 
-
-def largest_logits_bytes(kind: str, tokens: int, vocab: int, chunk_tokens: int) -> int:
-    """Bytes of the largest float32 logits tensor a loss holds for ``tokens`` positions."""
-    rows = tokens if kind == "reference" else min(tokens, chunk_tokens)
-    return 4 * rows * vocab

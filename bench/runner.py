@@ -23,7 +23,7 @@ import torch
 from sft_conformance.reference.loss import per_token_nll, sft_loss
 
 from . import busy, metrics
-from .compiling import CompiledModel, compile_loss, make_optimizer
+from .compiling import CompiledModel, compile_loss, make_optimizer, optimizer_name
 from .data import PROFILES, BenchData, generate_conversations, length_stats, load_jsonl, tokenize
 from .losses import StepLoss, check_available, check_head, choose_loss
 from .models import build_model, choose_attention, forward_fn, model_shape
@@ -245,7 +245,7 @@ def _run(cfg: BenchConfig, *, progress: bool, command: str | None) -> dict:
     data = load_data(cfg, tokenizer)
     net = CompiledModel(model, cfg.compile_backend) if cfg.compile else model
     loss_fn = compile_loss(step_loss, cfg.compile_backend) if cfg.compile else step_loss
-    _, optimizer_name = make_optimizer(torch.nn.Linear(1, 1).to(device), cfg.lr, device)
+
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
     ceiling = metrics.matmul_ceiling(device, dtype)
     dev = metrics.device_info(device)
@@ -321,7 +321,7 @@ def _run(cfg: BenchConfig, *, progress: bool, command: str | None) -> dict:
                     "backend": cfg.compile_backend if cfg.compile else None,
                     "what": "torch.compile of the model (forward and decoder) and of the loss"
                             if cfg.compile else "eager"},
-        "optimizer": optimizer_name,
+        "optimizer": optimizer_name(device),
         "flops_formula": metrics.FLOPS_FORMULA,
         "matmul_ceiling": ceiling,
         "data": {"name": data.name, "description": data.description,

@@ -2,8 +2,9 @@
 
 * ``--compile``: the runner hands the model's forward, its decoder and the loss to
   ``torch.compile`` and the training steps call the compiled ones (wiring, with a recording
-  stand-in for ``torch.compile``: fast); a real ``torch.compile`` (backend ``eager``) of the tiny
-  model gives the eager numbers; the whole smoke preset under inductor is ``slow``.
+  stand-in for ``torch.compile``: fast); ``slow``: a real ``torch.compile`` (backend ``eager``)
+  of the tiny model gives the eager numbers, and the whole smoke preset runs under inductor
+  (about 5 minutes on this 2-core machine).
 * the optimizer: AdamW fused on CUDA, foreach on a CPU.
 * the busy fraction: arithmetic, the CPU-bound label and the report's wording on synthetic
   numbers, the profiler reading on a fake profile; on a CPU it is "not measured", never a number.
@@ -69,8 +70,9 @@ def test_no_compile_by_default(monkeypatch):
     assert results["compile"]["enabled"] is False
 
 
+@pytest.mark.slow
 def test_compiled_model_gives_the_eager_numbers(chatml):
-    """A real torch.compile (backend eager: dynamo tracing, no code generation)."""
+    """A real torch.compile (backend eager: dynamo tracing, no code generation; ~10 s)."""
     from sft_conformance.assets import tiny_model
     from sft_conformance.bench.losses import StepLoss
 
