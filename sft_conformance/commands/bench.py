@@ -4,6 +4,8 @@ Examples::
 
     sft-conformance bench --preset smoke
     sft-conformance bench --preset cuda-qwen-alpaca
+    sft-conformance bench --preset cuda-qwen-alpaca --batch-size 32 --loss chunked --compile
+    sft-conformance bench --preset smoke --loss reference --strategies dynamic,packed
     sft-conformance bench --model ./my-model --data chats.jsonl --tokenizer ./my-model
     sft-conformance bench --preset smoke --compare reports/bench/smoke-cpu.json --fail-above 10
 """
