@@ -4,8 +4,9 @@
 #
 #   A  cuda-qwen-alpaca, 8 examples per step, --compile, dynamic vs packed
 #      (packing's share of its ideal speed-up with launch overhead compiled away; busy fraction)
-#   B  cuda-qwen-alpaca, 32 examples per step, every layout, chunked loss (the padded layouts
-#      ran out of memory in the reference loss on the H100)
+#   B  cuda-qwen-alpaca, 32 examples per step, chunked loss, dynamic, bucketed, padding-free and
+#      packed (the padded layouts ran out of memory in the reference loss on the H100; `fixed`,
+#      32 rows of 2,048, is left out to fit the time)
 #   C  cuda-llama-ultrachat, --compile, chunked loss, dynamic vs packed (MFU beside the busy
 #      fraction)
 #
@@ -32,7 +33,7 @@ COMMON="--no-progress --no-plot --repeats 2 --warmup-steps 5"
 
 runs=(
   "240|qwen-alpaca-b8-compile|--preset cuda-qwen-alpaca --n-examples $N_QWEN --batch-size 8 --compile --strategies dynamic,packed"
-  "150|qwen-alpaca-b32-chunked|--preset cuda-qwen-alpaca --n-examples $N_QWEN --batch-size 32 --loss chunked"
+  "150|qwen-alpaca-b32-chunked|--preset cuda-qwen-alpaca --n-examples $N_QWEN --batch-size 32 --loss chunked --strategies dynamic,bucketed,padding_free,packed"
   "180|llama-ultrachat-compile|--preset cuda-llama-ultrachat --n-examples $N_LLAMA --compile --loss chunked --strategies dynamic,packed"
 )
 
