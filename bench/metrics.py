@@ -78,6 +78,13 @@ def reset_memory(device: str) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
+def allocated_mb(device: str) -> float | None:
+    """Memory allocated now by tensors on a CUDA device (MB); ``None`` on a CPU."""
+    if device.startswith("cuda"):
+        return torch.cuda.memory_allocated(device) / 2**20
+    return None
+
+
 def memory(device: str) -> dict:
     if device.startswith("cuda"):
         return {"peak_allocated_mb": torch.cuda.max_memory_allocated(device) / 2**20,

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from .attention import choose_attention, flash_attn_available  # noqa: F401 (re-exported)
+
 SHAPES = {
     # Qwen/Qwen2.5-0.5B config.json
     "qwen2.5-0.5b": {"model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864,
@@ -99,48 +101,44 @@ def model_shape(model) -> dict:
             "model_type": cfg.model_type}
 
 
-def flash_attn_available() -> bool:
-    try:
-        import flash_attn  # noqa: F401
-    except Exception:
-        return False
-    return True
+def _output(model, hidden: bool, **kwargs) -> torch.Tensor:
+    """The logits of ``model``, or the last hidden states of its decoder (``hidden``)."""
+    if hidden:
+        return model.get_decoder()(**kwargs).last_hidden_state
+    return model(**kwargs).logits
 
 
-def choose_attention(device: str) -> dict:
-    """The attention implementation of the padded runs and of the packed / padding-free runs.
+def block_causal_forward(model, batch, hidden: bool = False) -> torch.Tensor:
+    """The reference trainer's feed (``reference.accumulation.forward``): an explicit additive
+    block-diagonal causal mask from ``document_ids``; logits, or hidden states."""
+    from sft_conformance.reference.packing import block_causal_mask
 
-    On CUDA: flash-attention 2 varlen when ``flash_attn`` imports (padding skipped through
-    unpadding, documents kept apart by explicit ``cu_seqlens``); otherwise FlexAttention document
-    masks (``flex_attention``, which skips fully masked blocks; ``bench.flex``) for the flattened
-    layouts, falling back to sdpa with an explicit 4D block-causal mask. On CPU: sdpa, flattened
-    layouts with the explicit block-causal mask (isolation holds; cross-document work is masked,
-    not skipped).
-    """
-    if device.startswith("cuda"):
-        if flash_attn_available():
-            return {"padded": "flash_attention_2", "flattened": "flash_attention_2",
-                    "skips_cross_document": True,
-                    "why": "flash_attn installed: varlen kernels, explicit cu_seqlens"}
-        return {"padded": "sdpa", "flattened": "flex_attention", "skips_cross_document": True,
-                "why": "flash_attn not installed: FlexAttention document mask (block-sparse)"}
-    return {"padded": "sdpa", "flattened": "sdpa+block_causal_4d", "skips_cross_document": False,
-            "why": "CPU: sdpa with an explicit 4D block-causal mask (dense; masked, not skipped)"}
+    kwargs = {"input_ids": batch["input_ids"]}
+    if "position_ids" in batch:
+        kwargs["position_ids"] = batch["position_ids"]
+    if "document_ids" in batch:
+        dtype = next(model.parameters()).dtype
+        kwargs["attention_mask"] = block_causal_mask(batch["document_ids"],
+                                                     batch.get("attention_mask"), dtype=dtype)
+    elif "attention_mask" in batch:
+        kwargs["attention_mask"] = batch["attention_mask"]
+    return _output(model, hidden, **kwargs)
 
 
-def forward_fn(backend: str, *, compile: bool | None = None):
+def forward_fn(backend: str, *, compile: bool | None = None, hidden: bool = False):
     """How a batch is fed to the model for a given attention backend; returns a callable.
 
+    The callable returns the logits, or with ``hidden`` the last hidden states of the decoder
+    (``model.get_decoder()``; the chunked and fused losses apply the output projection).
     ``flex_attention``: the model must run :data:`bench.flex.ATTN_NAME` (``bench.flex.register``
     and ``model.set_attn_implementation``); the document ``BlockMask`` is built on the batch's
     device from ``document_ids``, and ``compile`` (default: on CUDA only) picks the compiled
-    kernel or eager ``flex_attention``. ``flash_attention_2``: flattened batches carry explicit
-    varlen arguments (:func:`bench.strategies.varlen_kwargs`).
+    kernel or eager ``flex_attention``. ``flash_attention_2`` and ``torch_varlen``: flattened
+    batches carry explicit varlen arguments (:func:`bench.strategies.varlen_kwargs`).
     """
-    from sft_conformance.reference.accumulation import forward as reference_forward
-
     if backend == "sdpa+block_causal_4d":
-        return reference_forward  # explicit block-diagonal causal mask from document_ids
+        # explicit block-diagonal causal mask from document_ids
+        return lambda model, batch: block_causal_forward(model, batch, hidden)
 
     if backend == "flex_attention":
         from .flex import default_compile, document_block_mask
@@ -152,11 +150,11 @@ def forward_fn(backend: str, *, compile: bool | None = None):
                 docs = torch.where(batch["attention_mask"].bool(), 0, -1)
             on = default_compile(ids.device) if compile is None else compile
             mask = document_block_mask(docs, device=ids.device, compile=on)
-            return model(input_ids=ids, position_ids=batch["position_ids"], attention_mask=mask,
-                         use_cache=False, flex_compile=on).logits
+            return _output(model, hidden, input_ids=ids, position_ids=batch["position_ids"],
+                           attention_mask=mask, use_cache=False, flex_compile=on)
         return flex_forward
 
-    if backend == "flash_attention_2":
+    if backend in ("flash_attention_2", "torch_varlen"):
         from .strategies import varlen_kwargs
 
         def packed_forward(model, batch):
@@ -165,13 +163,16 @@ def forward_fn(backend: str, *, compile: bool | None = None):
                 # enough for one row only: with several rows transformers runs the dense causal
                 # kernel (documents leak). use_cache=False: with a KV cache transformers skips
                 # its packed-sequence handling altogether.
-                return model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                             use_cache=False, **varlen_kwargs(batch)).logits
-            return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                         position_ids=batch["position_ids"], use_cache=False).logits
+                return _output(model, hidden, input_ids=batch["input_ids"],
+                               position_ids=batch["position_ids"], use_cache=False,
+                               **varlen_kwargs(batch))
+            return _output(model, hidden, input_ids=batch["input_ids"],
+                           attention_mask=batch["attention_mask"],
+                           position_ids=batch["position_ids"], use_cache=False)
         return packed_forward
 
     def padded_forward(model, batch):
-        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                     position_ids=batch["position_ids"], use_cache=False).logits
+        return _output(model, hidden, input_ids=batch["input_ids"],
+                       attention_mask=batch["attention_mask"],
+                       position_ids=batch["position_ids"], use_cache=False)
     return padded_forward

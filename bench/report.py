@@ -38,11 +38,72 @@ def device_label(results: dict) -> str:
     return f"{d['kind'].upper()}: {d['name']}"
 
 
+def busy_cell(entry: dict) -> str:
+    """GPU-busy fraction and its label; "not measured" on a CPU (never a number there)."""
+    b = entry.get("busy")
+    if not b:
+        return "not recorded"
+    if b.get("fraction") is None:
+        return "not measured"
+    from .busy import CPU_BOUND_BELOW
+
+    return f"{100 * b['fraction']:.0f}%" + (" CPU-bound" if b["fraction"] < CPU_BOUND_BELOW
+                                            else "")
+
+
+def memory_table(results: dict) -> str:
+    """Per layout: peak memory, what a step adds to the weights and optimizer state, per 1k
+    real tokens of the layout's largest step (equal tokens: every layout sees the same
+    examples)."""
+    rows = []
+    for s, e in results["strategies"].items():
+        if "error" in e:
+            rows.append([s, short_error(e["error"]), "", "", "", ""])
+            continue
+        big = e.get("largest_step") or {}
+        rows.append([s, _fmt(e.get("peak_allocated_mb"), ",.0f"),
+                     _fmt(e.get("static_allocated_mb"), ",.0f"),
+                     _fmt(e.get("step_peak_mb"), ",.0f"),
+                     f"{big.get('slots', 0):,} / {big.get('real_tokens', 0):,}" if big else "n/a",
+                     _fmt(e.get("step_peak_mb_per_1k_real_tokens"), ",.1f")])
+    return tabulate(rows, headers=["strategy", "peak allocated MB", "weights + optimizer MB",
+                                   "step peak MB (peak - static)",
+                                   "largest step: slots / real tokens",
+                                   "step peak MB per 1k real tokens"],
+                    tablefmt="github", disable_numparse=True)
+
+
+def busy_lines(results: dict) -> list[str]:
+    """The GPU-busy paragraph: measured fractions, CPU-bound labels and the advice."""
+    from .busy import ADVICE, CPU_BOUND_BELOW
+
+    measured = {s: e["busy"] for s, e in results["strategies"].items()
+                if e.get("busy") and e["busy"].get("fraction") is not None}
+    if not any("busy" in e for e in results["strategies"].values()):
+        return ["GPU-busy fraction: **not recorded** (these results predate it).", ""]
+    if not measured:
+        return ["GPU-busy fraction: **not measured** (no GPU in this run; it is CUDA kernel time "
+                "over wall time, from torch.profiler, on CUDA runs only).", ""]
+    lines = [f"GPU-busy fraction (CUDA kernel time / wall time, "
+             f"{next(iter(measured.values()))['method']}); below {CPU_BOUND_BELOW:g} a run is "
+             "labelled CPU-bound.", ""]
+    rows = [[s, f"{100 * b['fraction']:.1f}%", f"{b['device_s'] * 1e3:.1f}",
+             f"{b['wall_s'] * 1e3:.1f}", b["label"]] for s, b in measured.items()]
+    lines += [tabulate(rows, headers=["strategy", "busy", "kernel ms", "wall ms", "verdict"],
+                       tablefmt="github", disable_numparse=True), ""]
+    bound = [s for s, b in measured.items() if b["fraction"] < CPU_BOUND_BELOW]
+    if bound:
+        lines += [f"**CPU-bound:** {', '.join(bound)}. The GPU waited on the host for more than "
+                  f"{100 * (1 - CPU_BOUND_BELOW):.0f}% of these steps, so their speed measures "
+                  f"launch overhead more than the layout: {ADVICE}.", ""]
+    return lines
+
+
 def strategy_table(results: dict) -> str:
     rows = []
     for s, e in results["strategies"].items():
         if "error" in e:
-            rows.append([s, short_error(e["error"])] + [""] * 12)
+            rows.append([s, short_error(e["error"])] + [""] * 13)
             continue
         tps = e["real_tokens_per_s"]
         rows.append([
@@ -57,11 +118,12 @@ def strategy_table(results: dict) -> str:
             parity_cell(e["parity"]),
             _fmt(e.get("speedup_vs_dynamic"), ".2f", none="n/a (no dynamic run)")
             + ("x" if e.get("speedup_vs_dynamic") is not None else ""),
+            busy_cell(e),
         ])
     headers = ["strategy", "real tok/s median [min-max]", "trained tok/s", "padding",
                "fill", "fwd+bwd ms/step", "optim ms/step", "steps", "peak alloc/reserved MB",
                "MFU (peak)", "MFU (matmul ceiling)", "mean loss", "parity rel. diff",
-               "speed-up vs dynamic"]
+               "speed-up vs dynamic", "GPU busy"]
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
 
@@ -128,9 +190,14 @@ def markdown(results: dict, plot_name: str | None) -> str:
         f"{model['vocab_size']:,}; dtype {results['dtype']}",
         f"- Batching: {cfg['batch_size']} examples per step, max_length {cfg['max_length']}, "
         f"{cfg['warmup_steps']} warm-up step(s) excluded, {cfg['repeats']} timed epochs "
-        "(median and min-max over them); optimizer AdamW"
+        "(median and min-max over them)"
         + ("; CUDA timed with events, read after synchronize" if not cpu else
            "; wall-clock timing (time.perf_counter)"),
+        f"- Loss: `{(results.get('loss') or {}).get('kind', 'reference')}`"
+        + (f" ({results['loss']['description']})" if results.get("loss") else
+           " (sft_loss over the full float32 logits)")
+        + f"; compile: {_compile_word(results)}; optimizer "
+        f"{results.get('optimizer', 'AdamW (torch default)')}",
         f"- Attention: padded runs `{results['attention']['padded']}`, packed / padding-free "
         f"`{results['attention']['flattened']}` ({results['attention']['why']})"
         + (f"; fallback: {results['attention']['fallback']}"
@@ -149,6 +216,7 @@ def markdown(results: dict, plot_name: str | None) -> str:
                        headers=["examples", "mean", "median", "p90", "p99", "max",
                                 f"over cap ({rl['cap']})"], tablefmt="github"), ""]
     lines += ["## Results per strategy", "", strategy_table(results), "",
+              *busy_lines(results),
               "Real tokens are attention-mask ones; trained tokens are aligned labels != -100; "
               "padding is the share of tensor slots (rows x width) that are pad; fill is real / "
               "slots (for `packed`, real / (rows x max_length)). Step times are medians per step.",
@@ -171,6 +239,25 @@ def markdown(results: dict, plot_name: str | None) -> str:
                       "while packed rows may also need fewer optimizer steps (see `steps`) and "
                       "per-step overheads shrink; on a shared machine the strategies also ran "
                       "under different loads.", ""]
+    lines += ["## Memory per layout", "", memory_table(results), "",
+              "Every layout trains on the same examples (equal tokens). Peak allocated is "
+              "`torch.cuda.max_memory_allocated` over the timed epochs; the static part is what "
+              "is allocated after the warm-up with gradients freed (weights and optimizer "
+              "state); the step peak is what the largest step adds on top."
+              + (" A CPU has no allocator statistics: n/a here." if cpu else ""), ""]
+    checks = [[s, f"{e['loss_check']['value']:.6f}", f"{e['loss_check']['reference']:.6f}",
+               f"{e['loss_check']['rel_diff']:.1e}", f"{e['loss_check']['rtol']:g}",
+               "ok" if e["loss_check"]["passed"] else "FAILED"]
+              for s, e in results["strategies"].items() if "loss_check" in e]
+    if checks:
+        kind = results["loss"]["kind"]
+        lines += [f"## The step's loss (`{kind}`) against the reference loss", "",
+                  f"`{kind}` and the reference `sft_loss` (full float32 logits) on the first "
+                  f"{results['strategies'][checks[0][0]]['loss_check']['rows']} rows of each "
+                  "layout's first batch, at the initial weights.", "",
+                  tabulate(checks, headers=["strategy", kind, "reference", "rel. diff",
+                                            "tolerance", "check"], tablefmt="github",
+                           disable_numparse=True), ""]
     lines += ["## Loss parity and document isolation", "",
               f"Mean loss = token-sum / token-count over the whole epoch at the initial weights; "
               f"reference: `{summ['reference_for_parity']}`, relative tolerance "
@@ -229,6 +316,13 @@ def markdown(results: dict, plot_name: str | None) -> str:
     if summ.get("errors"):
         lines += ["## Errors", ""] + [f"- `{s}`: {m}" for s, m in summ["errors"].items()] + [""]
     return "\n".join(lines)
+
+
+def _compile_word(results: dict) -> str:
+    c = results.get("compile")
+    if not c or not c.get("enabled"):
+        return "off (eager)"
+    return f"torch.compile of the model and the loss, backend `{c['backend']}`"
 
 
 def targets(results: dict) -> list[list[str]]:

@@ -3,7 +3,12 @@
 Per strategy: build the epoch's batches, run a no-grad pass at the initial weights for the loss
 parity (token-sum / token-count over the whole epoch, float64), check document isolation on the
 first batch of the flattened layouts, then train: ``warmup_steps`` untimed steps, then ``repeats``
-timed epochs (forward + backward and optimizer timed apart; CUDA events read after a synchronize).
+timed epochs (forward + backward and optimizer timed apart; CUDA events read after a synchronize),
+then, on CUDA, a few profiled steps for the GPU-busy fraction (``bench.busy``).
+
+The step's loss is ``bench.losses`` (reference, chunked or fused), the optimizer AdamW fused on
+CUDA and foreach elsewhere, and with ``compile`` the model and the loss run under
+``torch.compile`` (``bench.compiling``). Parity and isolation run the plain model.
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ import torch
 
 from sft_conformance.reference.loss import per_token_nll, sft_loss
 
-from . import metrics
+from . import busy, metrics
+from .compiling import CompiledModel, compile_loss, make_optimizer, optimizer_name
 from .data import PROFILES, BenchData, generate_conversations, length_stats, load_jsonl, tokenize
+from .losses import StepLoss, check_available, check_head, choose_loss
 from .models import build_model, choose_attention, forward_fn, model_shape
 from .presets import BenchConfig
 from .strategies import FLATTENED, STRATEGIES, epoch_counts, make_batches
@@ -42,6 +49,11 @@ def resolve_device(cfg: BenchConfig) -> tuple[str, torch.dtype]:
 
 
 def load_data(cfg: BenchConfig, tokenizer) -> BenchData:
+    if cfg.data == "agentic":
+        from .agentic import SOURCE, generate_agentic
+
+        convs = generate_agentic(cfg.n_examples, tokenizer, seed=cfg.seed)
+        return tokenize(convs, tokenizer, cfg.max_length, name="agentic", description=SOURCE)
     if cfg.data in PROFILES:
         profile = PROFILES[cfg.data]
         convs = generate_conversations(profile, cfg.n_examples, tokenizer, seed=cfg.seed)
@@ -59,14 +71,37 @@ def _to(batch: dict, device: str) -> dict:
 
 
 @torch.no_grad()
-def parity_pass(model, batches, fwd) -> dict:
-    """Token-sum and token-count of the loss over the epoch at the current weights."""
+def parity_pass(model, batches, fwd, loss: StepLoss | None = None) -> dict:
+    """Token-sum and token-count of the loss over the epoch at the current weights.
+
+    ``fwd`` returns what ``loss`` needs (logits for the reference loss, hidden states for the
+    chunked and fused ones); without ``loss``, logits and the reference NLL.
+    """
+    loss = loss or StepLoss("reference")
+    weight = model.get_output_embeddings().weight
     total, count = 0.0, 0
     for b in batches:
-        nll = per_token_nll(fwd(model, b), b["labels"])
-        total += float(nll.double().sum())
+        total += loss.nll_sum(fwd(model, b), b["labels"], weight)
         count += b["meta"]["trained_tokens"]
     return {"loss_sum": total, "trained_tokens": count, "loss_mean": total / max(count, 1)}
+
+
+LOSS_RTOL = {"float32": 1e-5, "bfloat16": 1e-2}  # step loss vs reference loss, one batch
+
+
+@torch.no_grad()
+def loss_check(model, batch, fwd_logits, fwd_train, loss: StepLoss, rtol: float,
+               rows: int = 2) -> dict:
+    """The step's loss against the reference ``sft_loss`` on the first ``rows`` rows of a batch
+    (a few rows: the reference materialises the full float32 logits)."""
+    part = {k: (v[:rows] if isinstance(v, torch.Tensor) and v.dim() == 2 else v)
+            for k, v in batch.items() if k not in ("meta", "cu_seqlens")}
+    ref = float(sft_loss(fwd_logits(model, part), part["labels"]))
+    ours = float(loss(fwd_train(model, part), part["labels"],
+                      model.get_output_embeddings().weight))
+    rel = abs(ours - ref) / max(abs(ref), 1e-12)
+    return {"kind": loss.kind, "reference": ref, "value": ours, "rel_diff": rel, "rtol": rtol,
+            "rows": min(rows, batch["input_ids"].shape[0]), "passed": rel <= rtol}
 
 
 @torch.no_grad()
@@ -116,24 +151,42 @@ def isolation_check(model, batch, fwd, padded_fwd, atol: float) -> dict:
             "distinguishes_leak": leak_diff > 2 * max_diff}
 
 
-def train_epochs(model, batches, fwd, cfg: BenchConfig, device: str, bar) -> dict:
-    """Untimed warm-up steps, then ``repeats`` timed epochs; per-epoch and per-step times."""
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
-    warm = [batches[i % len(batches)] for i in range(cfg.warmup_steps)]
-    for b in warm:
-        sft_loss(fwd(model, b), b["labels"]).backward()
+def train_epochs(model, batches, fwd, cfg: BenchConfig, device: str, bar,
+                 loss: StepLoss | None = None, net=None, loss_fn=None) -> dict:
+    """Untimed warm-up steps, then ``repeats`` timed epochs; per-epoch and per-step times; then
+    the GPU-busy fraction of a few more steps (CUDA only).
+
+    ``net``: what the steps call (the model, or a :class:`CompiledModel` of it); ``loss_fn``:
+    the (possibly compiled) ``loss``; ``fwd`` returns what ``loss`` needs.
+    """
+    loss = loss or StepLoss("reference")
+    net = model if net is None else net
+    loss_fn = loss if loss_fn is None else loss_fn
+    weight = model.get_output_embeddings().weight
+    opt, _ = make_optimizer(model, cfg.lr, device)
+
+    def forward_backward(b):
+        loss_fn(fwd(net, b), b["labels"], weight).backward()
+
+    def step(b):
+        forward_backward(b)
         opt.step()
         opt.zero_grad(set_to_none=True)
+
+    warm = [batches[i % len(batches)] for i in range(cfg.warmup_steps)]
+    for b in warm:
+        step(b)
         bar.update(1)
     synchronize(device)
     metrics.reset_memory(device)
+    static = metrics.allocated_mb(device)  # weights + optimizer state, no gradients
     epochs, fb, op = [], [], []
     for _ in range(cfg.repeats):
         marks = Marks(device)
         synchronize(device)
         for b in batches:
             marks.mark()
-            sft_loss(fwd(model, b), b["labels"]).backward()
+            forward_backward(b)
             marks.mark()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -146,8 +199,9 @@ def train_epochs(model, batches, fwd, cfg: BenchConfig, device: str, bar) -> dic
         op += op_e
         epochs.append(sum(fb_e) + sum(op_e))
     mem = metrics.memory(device)
-    del opt
-    return {"epoch_s": epochs, "fwd_bwd_s": fb, "optimizer_s": op, **mem}
+    mem["static_allocated_mb"] = static
+    busy_fraction = busy.measure(step, batches, device)
+    return {"epoch_s": epochs, "fwd_bwd_s": fb, "optimizer_s": op, "busy": busy_fraction, **mem}
 
 
 def run_benchmark(cfg: BenchConfig, *, progress: bool = True, command: str | None = None) -> dict:
@@ -179,11 +233,19 @@ def _run(cfg: BenchConfig, *, progress: bool, command: str | None) -> dict:
     if unknown:
         raise ValueError(f"unknown strategies {unknown}; expected some of {', '.join(STRATEGIES)}")
     tokenizer = load_tokenizer(cfg.tokenizer)
-    data = load_data(cfg, tokenizer)
-    attention = choose_attention(device)
+    attention = choose_attention(device, cfg.attention)
     model, model_source = build_model(cfg.model, tokenizer, device=device, dtype=dtype,
                                       attn=attention["padded"], seed=cfg.seed)
     shape = model_shape(model)
+    loss_kind = choose_loss(cfg.loss, shape["vocab_size"])
+    check_available(loss_kind, device)
+    if loss_kind != "reference":
+        check_head(model)
+    step_loss = StepLoss(loss_kind, cfg.loss_chunk_tokens)
+    data = load_data(cfg, tokenizer)
+    net = CompiledModel(model, cfg.compile_backend) if cfg.compile else model
+    loss_fn = compile_loss(step_loss, cfg.compile_backend) if cfg.compile else step_loss
+
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
     ceiling = metrics.matmul_ceiling(device, dtype)
     dev = metrics.device_info(device)
@@ -210,9 +272,12 @@ def _run(cfg: BenchConfig, *, progress: bool, command: str | None) -> dict:
             entry["packed_rows"] = rows
         try:
             backend, fwd = _activate(model, backend, attention)
+            fwd_train = forward_fn(backend, hidden=step_loss.needs_hidden)
             entry["attention_backend"] = backend
             model.eval()
-            entry["parity"] = parity_pass(model, batches, fwd)
+            entry["parity"] = parity_pass(model, batches, fwd_train, step_loss)
+            entry["loss_check"] = loss_check(model, batches[0], fwd, fwd_train, step_loss,
+                                             LOSS_RTOL.get(dtype_name, 1e-2))
             if strategy in FLATTENED:
                 # the first batch, or the first one with a row of two documents or more
                 k = next((i for i, b in enumerate(batches)
@@ -221,7 +286,8 @@ def _run(cfg: BenchConfig, *, progress: bool, command: str | None) -> dict:
                                                      ISOLATION_ATOL.get(dtype_name, 0.1))
                 entry["isolation"]["batch"] = k
             model.train()
-            timing = train_epochs(model, batches, fwd, cfg, device, bar)
+            timing = train_epochs(model, batches, fwd_train, cfg, device, bar, step_loss,
+                                  net=net, loss_fn=loss_fn)
         except Exception as exc:  # out of memory, a kernel missing: record it, go on
             first = (str(exc).splitlines() or [""])[0]
             entry["error"] = (f"out of memory: {first}" if isinstance(exc, torch.OutOfMemoryError)
@@ -232,7 +298,7 @@ def _run(cfg: BenchConfig, *, progress: bool, command: str | None) -> dict:
             metrics.reset_memory(device)
             continue
         finally:
-            if backend == "flex_attention":
+            if backend in ("flex_attention", "torch_varlen"):
                 model.set_attn_implementation(attention["padded"])
         entry.update(_throughput(entry, timing, batches, shape, ceiling, dev))
         per[strategy] = entry
@@ -249,6 +315,13 @@ def _run(cfg: BenchConfig, *, progress: bool, command: str | None) -> dict:
         "environment": env,
         "model": {"spec": cfg.model, "source": model_source, **shape},
         "attention": attention,
+        "loss": {"kind": loss_kind, "requested": cfg.loss, "description": step_loss.describe(),
+                 "chunk_tokens": cfg.loss_chunk_tokens if loss_kind == "chunked" else None},
+        "compile": {"enabled": cfg.compile,
+                    "backend": cfg.compile_backend if cfg.compile else None,
+                    "what": "torch.compile of the model (forward and decoder) and of the loss"
+                            if cfg.compile else "eager"},
+        "optimizer": optimizer_name(device),
         "flops_formula": metrics.FLOPS_FORMULA,
         "matmul_ceiling": ceiling,
         "data": {"name": data.name, "description": data.description,
@@ -275,13 +348,14 @@ def _activate(model, backend: str, attention: dict, compile: bool | None = None)
     document mask comes from ``document_ids`` and ``compile`` (default: on CUDA only) decides
     between the compiled kernel and eager ``flex_attention``.
     """
-    if backend == "flex_attention":
-        from .flex import register
+    if backend in ("flex_attention", "torch_varlen"):
+        from . import flex, varlen
 
+        register = flex.register if backend == "flex_attention" else varlen.register
         try:
             model.set_attn_implementation(register())
         except Exception as exc:  # an older transformers or a model without custom attention
-            attention["fallback"] = f"flex_attention unavailable ({exc}); sdpa + 4D mask"
+            attention["fallback"] = f"{backend} unavailable ({exc}); sdpa + 4D mask"
             backend = "sdpa+block_causal_4d"
     return backend, forward_fn(backend, compile=compile)
 
@@ -292,8 +366,18 @@ def _throughput(entry, timing, batches, shape, ceiling, dev) -> dict:
     flops = sum(metrics.step_flops(b["meta"]["doc_lengths"], shape) for b in batches)
     achieved = [flops / t for t in epochs]
     peak = dev.get("dense_bf16_peak_flops")
+    largest = max(batches, key=lambda b: b["meta"]["slots"])["meta"]
+    step_peak = (timing["peak_allocated_mb"] - timing["static_allocated_mb"]
+                 if timing.get("peak_allocated_mb") is not None
+                 and timing.get("static_allocated_mb") is not None else None)
     return {
         "timing": timing,
+        "busy": timing.get("busy"),
+        "largest_step": {"slots": largest["slots"], "real_tokens": largest["real_tokens"]},
+        "static_allocated_mb": timing.get("static_allocated_mb"),
+        "step_peak_mb": step_peak,
+        "step_peak_mb_per_1k_real_tokens": (1e3 * step_peak / largest["real_tokens"]
+                                            if step_peak is not None else None),
         "real_tokens_per_s": metrics.summarize([real / t for t in epochs]),
         "trained_tokens_per_s": metrics.summarize([trained / t for t in epochs]),
         "epoch_s": metrics.summarize(epochs),
@@ -335,6 +419,11 @@ def _summarize(per: dict, dtype_name: str) -> dict:
                                 if ref else None)
     out["all_isolation_passed"] = all(e["isolation"]["passed"] for e in ok.values()
                                       if "isolation" in e)
+    checks = [e["loss_check"]["passed"] for e in ok.values() if "loss_check" in e]
+    out["all_loss_checks_passed"] = all(checks) if checks else None
+    labelled = {s: e["busy"] for s, e in ok.items() if e.get("busy")}
+    out["cpu_bound"] = sorted(s for s, b in labelled.items() if b.get("fraction") is not None
+                              and b["fraction"] < busy.CPU_BOUND_BELOW)
     out["errors"] = {s: e["error"] for s, e in per.items() if "error" in e}
     return out
 

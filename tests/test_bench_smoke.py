@@ -16,7 +16,8 @@ from sft_conformance.bench.strategies import STRATEGIES, epoch_counts, make_batc
 METRICS = ("real_tokens_per_s", "trained_tokens_per_s", "padding_fraction", "fill_rate",
            "step_fwd_bwd_s", "step_optimizer_s", "peak_allocated_mb", "peak_reserved_mb",
            "mfu_vs_peak", "mfu_vs_matmul_ceiling", "flops_per_epoch", "parity",
-           "speedup_vs_dynamic", "fraction_of_ideal", "attention_backend", "epoch_s")
+           "speedup_vs_dynamic", "fraction_of_ideal", "attention_backend", "epoch_s",
+           "loss_check", "busy", "step_peak_mb", "largest_step")
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +47,29 @@ def test_every_strategy_reports_every_metric(smoke):
     stats = results["data"]["raw_lengths"]
     assert {"mean", "median", "p90", "p99", "max", "frac_over_cap"} <= set(stats)
     assert results["summary"]["ideal_speedup"] >= 1
+
+
+def test_smoke_runs_the_chunked_loss_foreach_adamw_and_reports_busy_as_not_measured(smoke):
+    """Issue 25 on a CPU: the step's loss is the chunked one (several chunks a step) and agrees
+    with the reference loss; AdamW is the foreach one; the GPU-busy fraction is not measured
+    (None, never a number) and nothing is called CPU-bound; the flattened layouts' attention
+    was chosen by the selection logic."""
+    results, paths = smoke
+    assert results["loss"]["kind"] == "chunked" and results["loss"]["chunk_tokens"] == 128
+    assert results["optimizer"] == "AdamW (foreach=True)"
+    assert results["compile"]["enabled"] is False
+    assert results["attention"]["requested"] == "auto"
+    assert results["attention"]["flattened"] == "sdpa+block_causal_4d"
+    assert results["summary"]["all_loss_checks_passed"] and results["summary"]["cpu_bound"] == []
+    for name, e in results["strategies"].items():
+        assert e["largest_step"]["slots"] > 128, name  # more than one chunk per step
+        assert e["loss_check"]["passed"] and e["loss_check"]["rel_diff"] <= 1e-5, name
+        assert e["busy"]["fraction"] is None and "not measured" in e["busy"]["label"]
+        assert e["step_peak_mb"] is None  # no allocator statistics on a CPU
+    text = paths["markdown"].read_text()
+    for needle in ("Loss: `chunked`", "AdamW (foreach=True)", "## Memory per layout",
+                   "against the reference loss", "GPU-busy fraction: **not measured**"):
+        assert needle in text, needle
 
 
 def test_loss_parity_and_isolation(smoke):
@@ -134,12 +158,14 @@ def test_cli_user_model_config_and_jsonl(tmp_path, capsys):
                  str(tmp_path / "chats.jsonl"), "--tokenizer", "chatml", "--max-length", "128",
                  "--batch-size", "4", "--repeats", "1", "--warmup-steps", "0", "--threads", "1",
                  "--strategies", "dynamic,packed", "--out", str(tmp_path), "--name", "user",
-                 "--no-progress", "--no-plot"])
+                 "--no-progress", "--no-plot", "--loss", "reference"])
     assert code == 0, capsys.readouterr()
     results = json.loads((tmp_path / "user.json").read_text())
     assert list(results["strategies"]) == ["dynamic", "packed"]
     assert results["data"]["raw_lengths"]["n"] == 8
     assert results["model"]["layers"] == 1 and "random init" in results["model"]["source"]
+    assert results["loss"]["kind"] == "reference"
+    assert results["summary"]["all_loss_checks_passed"]
     assert main(["bench", "--model", str(tmp_path / "missing"), "--no-progress",
                  "--out", str(tmp_path)]) == 2
 

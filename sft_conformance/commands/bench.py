@@ -4,6 +4,8 @@ Examples::
 
     sft-conformance bench --preset smoke
     sft-conformance bench --preset cuda-qwen-alpaca
+    sft-conformance bench --preset cuda-qwen-alpaca --batch-size 32 --loss chunked --compile
+    sft-conformance bench --preset smoke --loss reference --strategies dynamic,packed
     sft-conformance bench --model ./my-model --data chats.jsonl --tokenizer ./my-model
     sft-conformance bench --preset smoke --compare reports/bench/smoke-cpu.json --fail-above 10
 """
@@ -22,7 +24,8 @@ def add_arguments(parser) -> None:
                         help="named settings (default smoke); the options below override them")
     parser.add_argument("--model", help="tiny, tiny-wide, qwen2.5-0.5b, llama-3.2-1b, or a "
                         "local checkpoint/config directory or config.json")
-    parser.add_argument("--data", help="alpaca, ultrachat, or a JSONL file of conversations")
+    parser.add_argument("--data", help="alpaca, ultrachat, agentic, or a JSONL file of "
+                        "conversations")
     parser.add_argument("--tokenizer", help="bundled template name (chatml, ...) or a local "
                         "tokenizer directory with a chat template")
     parser.add_argument("--n-examples", type=int)
@@ -35,6 +38,21 @@ def add_arguments(parser) -> None:
     parser.add_argument("--strategies", help=f"comma-separated subset of {','.join(STRATEGIES)}")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--threads", type=int, help="CPU only: torch threads for the run")
+    parser.add_argument("--loss", choices=["auto", "reference", "chunked", "fused"],
+                        help="the step's loss: reference (full float32 logits), chunked "
+                        "(projection + cross-entropy in chunks of positions), fused (Liger, "
+                        "needs liger-kernel and CUDA); auto = chunked above a 64k vocabulary")
+    parser.add_argument("--loss-chunk-tokens", type=int, metavar="N",
+                        help="positions per chunk of the chunked loss (default 1024)")
+    parser.add_argument("--compile", action="store_true", default=None,
+                        help="torch.compile the model and the loss")
+    parser.add_argument("--compile-backend", metavar="NAME",
+                        help="torch.compile backend (default inductor; eager/aot_eager to debug)")
+    parser.add_argument("--attention", choices=["auto", "flash_attention_2", "torch_varlen",
+                                                "flex_attention", "sdpa+block_causal_4d"],
+                        help="attention of the packed and padding-free layouts (default auto: "
+                        "flash-attn, else torch varlen_attn, else FlexAttention on CUDA; sdpa "
+                        "block-causal on CPU)")
     parser.add_argument("--out", default="reports/bench", help="report directory")
     parser.add_argument("--name", help="report file stem (default PRESET-DEVICE)")
     parser.add_argument("--json", help="also write the results JSON here")
@@ -73,7 +91,8 @@ def run(args) -> int:
         results = _run(args)
     if baseline is None:
         s = results["summary"]
-        return 0 if s["all_parity_passed"] and s.get("all_isolation_passed", True) else 1
+        return 0 if (s["all_parity_passed"] and s.get("all_isolation_passed", True)
+                     and s.get("all_loss_checks_passed") is not False) else 1
     try:
         ok, table, regressions = gate.compare(results, baseline, args.fail_above)
     except gate.DeviceMismatch as exc:
@@ -123,7 +142,9 @@ def _run(args) -> dict:
                          batch_size=args.batch_size, warmup_steps=args.warmup_steps,
                          repeats=args.repeats, device=args.device, dtype=args.dtype,
                          strategies=strategies, seed=args.seed,
-                         threads=args.threads)
+                         threads=args.threads, loss=args.loss,
+                         loss_chunk_tokens=args.loss_chunk_tokens, compile=args.compile,
+                         compile_backend=args.compile_backend, attention=args.attention)
     except KeyError as exc:
         raise UsageError(str(exc)) from exc
     command = "sft-conformance bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) \
