@@ -15,28 +15,47 @@ tokenizer at first use, then cached under ``$SFT_CONFORMANCE_CACHE`` (default
   ``[INST]`` and ``[/INST]`` control tokens) loads through ``AutoTokenizer`` from a directory
   holding it as ``tokenizer.model`` (needs ``sentencepiece`` and ``protobuf``).
 
-The chat templates are ours, written to reproduce each family's public rendering for system,
-user and assistant messages (tools, images and tool calls are left out). Sources, checked against
-the rendered strings in ``tests/test_real_tokenizers.py``:
+The chat templates are ours, written to reproduce each family's public rendering of system,
+user and assistant messages, tools (``apply_chat_template(..., tools=[...])``), assistant tool
+calls (``tool_calls``: ``{"type": "function", "function": {"name", "arguments"}}``), tool messages
+and, for Qwen3, reasoning (``reasoning_content`` or ``<think>...</think>`` in the content); images
+are left out. Every rendering was checked character for character against the public template
+rendered by transformers on randomized agentic conversations; ``tests/test_real_tokenizers.py``
+(plain) and ``tests/test_agentic_templates.py`` (tools and reasoning) pin golden strings, and
+``docs/templates.md`` shows them. Sources:
 
 * Qwen2.5: the ``chat_template`` of Qwen/Qwen2.5-7B-Instruct's ``tokenizer_config.json`` on the
-  Hugging Face Hub, and the Qwen documentation's "Key Concepts" page (ChatML; a default system
-  prompt "You are Qwen, created by Alibaba Cloud. You are a helpful assistant." when the
-  conversation has none). The base models (Qwen/Qwen2.5-7B) ship the same template with
-  ``eos_token`` ``<|endoftext|>``.
-* Qwen3: the ``chat_template`` of Qwen/Qwen3-8B (reasoning between ``<think>`` and ``</think>``
-  kept on assistant turns after the last user message and dropped from earlier ones; the last
-  assistant turn always carries a ``<think>`` block, empty when the message has no reasoning; no
-  default system prompt); see also the Hugging Face blog post "The 4 Things Qwen-3's Chat
-  Template Teaches Us".
-* DeepSeek: the ``chat_template`` of deepseek-ai/DeepSeek-V3 (``<｜begin▁of▁sentence｜>``, the
-  system prompt as plain text, ``<｜User｜>`` before a user message, ``<｜Assistant｜>`` before an
-  assistant message, which ends with ``<｜end▁of▁sentence｜>``).
+  Hugging Face Hub (axolotl ships a copy as ``qwen_25.jinja``), and the Qwen documentation's
+  "Key Concepts" page (ChatML; a default system prompt "You are Qwen, created by Alibaba Cloud.
+  You are a helpful assistant." when the conversation has none). The base models
+  (Qwen/Qwen2.5-7B) ship the same template with ``eos_token`` ``<|endoftext|>``. Tools go into
+  the system turn, calls are ``<tool_call>`` JSON blocks (``arguments`` through ``tojson``: a
+  JSON string is encoded again), tool results ``<tool_response>`` blocks in a user turn.
+* Qwen3: the ``chat_template`` of Qwen/Qwen3-8B (TRL ships a copy as ``qwen3.jinja``): the same
+  tool rendering with string ``arguments`` written as they are, no default system prompt, and
+  reasoning between ``<think>`` and ``</think>`` kept on the assistant turns after the last real
+  user query (a user message that is a ``<tool_response>`` block is not one) when they are the
+  last message or have reasoning, dropped from the others; the last assistant turn always
+  carries a ``<think>`` block, empty when the message has no reasoning; see also the Hugging
+  Face blog post "The 4 Things Qwen-3's Chat Template Teaches Us".
+* DeepSeek: the ``chat_template`` of deepseek-ai/DeepSeek-V3 (TRL ships a copy as
+  ``deepseekv3.jinja``; ``<｜begin▁of▁sentence｜>``, the system prompts as plain text,
+  ``<｜User｜>`` before a user message, ``<｜Assistant｜>`` before an assistant message, which
+  ends with ``<｜end▁of▁sentence｜>``; the ``<｜tool▁calls▁begin｜>`` / ``<｜tool▁outputs▁begin｜>``
+  blocks, string ``arguments`` only). The R1 additions of TRL's copy (``</think>`` stripping, a
+  ``<think>`` generation prompt) are left out; the lost markers of a second tool round are kept
+  (see ``_deepseek_template``).
 * Mistral: the ``chat_template`` of mistralai/Mistral-7B-Instruct-v0.3 and mistral-common's v3
   instruct tokenizer (``<s>[INST] user[/INST] assistant</s>``; no end-of-turn token after a user
   turn; the assistant content trimmed; the system prompt prepended to the *last* user message;
-  roles must alternate). Mistral ships no pad token: we set ``<unk>``, as the Llama/Mistral
-  fine-tuning recipes do.
+  roles must alternate, tool messages and tool-call turns aside; ``[AVAILABLE_TOOLS]`` before
+  the last user message, ``[TOOL_CALLS] [...]</s>`` with 9-character call ids, content beside
+  calls dropped, ``[TOOL_RESULTS] {...}[/TOOL_RESULTS]``). Mistral ships no pad token: we set
+  ``<unk>``, as the Llama/Mistral fine-tuning recipes do.
+
+transformers 5 drops the keys of a message whose value is ``None`` before rendering (an OpenAI
+``content: None`` beside ``tool_calls`` arrives as no ``content`` at all); every template here
+reads a missing ``content`` or ``tool_calls`` as empty.
 """
 
 from __future__ import annotations
@@ -100,7 +119,10 @@ def _deepseek_template(generation: bool) -> str:
     * Left out: the R1 features of TRL's copy (``</think>`` stripped from plain assistant
       turns, ``<think>\n`` after the generation prompt's ``<｜Assistant｜>``), which
       DeepSeek-V3's own template does not have. ``tool_calls`` that is ``None`` or empty counts
-      as no calls (the public template tests the key's presence and fails on ``None``).
+      as no calls, and a ``content`` that is ``None`` or missing as no content (the public
+      template tests the keys' presence; transformers 5 drops keys whose value is ``None``
+      before rendering, so under it the public template fails on ``content: None`` beside
+      calls with ``UndefinedError``: we render it as transformers 4 did, as ``""``).
 
     With ``generation``, the tags hold what the assistant produces: content, the call block and
     ``<｜end▁of▁sentence｜>``; never ``<｜Assistant｜>`` or ``<｜tool▁outputs▁end｜>``."""
@@ -128,7 +150,8 @@ def _deepseek_template(generation: bool) -> str:
                     {%- set turn.body = turn.body + '\n' + one -%}
                 {%- else -%}
                     {%- set ds.called = true -%}
-                    {%- set turn.body = (message.content if message.content is not none else '')
+                    {%- set turn.body = (message.content if message.content is defined
+                                                         and message.content is not none else '')
                                         + '<｜tool▁calls▁begin｜>' + one -%}
                 {%- endif -%}
             {%- endfor -%}
