@@ -75,7 +75,7 @@ def _load(name: str):
     return load_tokenizer(name)
 
 
-def tok(name: str):
+def tokenizer_for(name: str):
     """The tokenizer ``name`` (a real family is skipped when its package is missing)."""
     if name in fam.FAMILIES and not _installed(fam.FAMILIES[name].package):
         pytest.skip(f"{name} needs {fam.FAMILIES[name].package}: {fam.INSTALL_HINT}")
@@ -90,7 +90,7 @@ def tagged_source(name: str) -> str:
 
 def render(name, conv, **kwargs) -> str:
     """``name``'s rendering of ``conv``; its tagged variant must render the same text."""
-    t = tok(name)
+    t = tokenizer_for(name)
     text = t.apply_chat_template(conv, tokenize=False, **kwargs)
     assert t.apply_chat_template(conv, tokenize=False, chat_template=tagged_source(name),
                                  **kwargs) == text
@@ -100,7 +100,7 @@ def render(name, conv, **kwargs) -> str:
 def trained(name, conv, **kwargs) -> list[str]:
     """The runs of tokens the tagged variant's ``return_assistant_tokens_mask`` marks, decoded
     (the ids being those of the plain rendering)."""
-    t = tok(name)
+    t = tokenizer_for(name)
     out = t.apply_chat_template(conv, chat_template=tagged_source(name), tokenize=True,
                                 return_dict=True, return_assistant_tokens_mask=True, **kwargs)
     ids, mask = out["input_ids"], out["assistant_masks"]
@@ -250,7 +250,7 @@ def test_parallel_calls_and_consecutive_tool_messages(name):
 
 def test_llama31_refuses_parallel_calls():
     with pytest.raises(TemplateError, match="only supports single tool-calls"):
-        tok("llama3.1").apply_chat_template(parallel(), tokenize=False)
+        tokenizer_for("llama3.1").apply_chat_template(parallel(), tokenize=False)
 
 
 # -- (d) content beside a call -------------------------------------------------------------------
@@ -310,7 +310,7 @@ def test_deepseek_dict_arguments_raise_as_the_public_template_does():
     """DeepSeek-V3's template concatenates ``arguments`` as a string: a dict raises TypeError
     (transformers#45419); ours keeps that behaviour."""
     with pytest.raises(TypeError):
-        tok("deepseek").apply_chat_template(standard(PARIS), tokenize=False)
+        tokenizer_for("deepseek").apply_chat_template(standard(PARIS), tokenize=False)
 
 
 def test_flat_calls_where_the_qwen_templates_accept_them():
@@ -450,15 +450,15 @@ def test_mistral_call_ids_must_have_nine_characters(bad):
     conv[1] = dict(conv[1], tool_calls=[call(call_id=bad)] if bad else [
         {"type": "function", "function": {"name": "get_weather", "arguments": PARIS}}])
     with pytest.raises(TemplateError, match="length 9"):
-        tok("mistral").apply_chat_template(conv, tokenize=False)
+        tokenizer_for("mistral").apply_chat_template(conv, tokenize=False)
     results = standard()
     results[2] = {"role": "tool", "content": "22C", "tool_call_id": "abc"}
     with pytest.raises(TemplateError, match="length 9"):
-        tok("mistral").apply_chat_template(results, tokenize=False)
+        tokenizer_for("mistral").apply_chat_template(results, tokenize=False)
 
 
 def test_llama31_options_and_bos():
-    t = tok("llama3.1")
+    t = tokenizer_for("llama3.1")
     conv = [{"role": "system", "content": " Be brief. "}, *standard()]
     text = render("llama3.1", conv, tools=TOOLS, tools_in_user_message=False,
                   date_string="01 Jan 2025")
@@ -521,7 +521,7 @@ def test_generation_tags_cover_calls_and_end_tokens_not_tool_results(name):
 
 def test_mistral_tool_result_is_not_trained():
     """The [TOOL_RESULTS] block sits between the call's </s> and the answer's '▁It'."""
-    t = tok("mistral")
+    t = tokenizer_for("mistral")
     out = t.apply_chat_template(standard(), chat_template=tagged_source("mistral"),
                                 return_dict=True, return_assistant_tokens_mask=True)
     tokens = t.convert_ids_to_tokens(out["input_ids"])
@@ -549,13 +549,14 @@ def test_generation_tags_on_parallel_calls(name):
     assert "18C" not in runs[0] and "22C" not in runs[0]
 
 
-@pytest.mark.parametrize("name", ["chatml-tools", "qwen2.5", "deepseek", "mistral", "llama3.1"])
+@pytest.mark.parametrize("name", ["chatml-tools", "qwen2.5", "qwen3", "deepseek", "mistral",
+                                  "llama3.1"])
 def test_eot_outside_moves_the_end_token_of_call_turns_too(name):
     """The tagged templates keep one ``{% generation %}{{ ... + end }}{% endgeneration %}``
     block per turn kind, the shape trl_sft.eot_outside rewrites."""
     from sft_conformance.adapters.trl_sft import eot_outside
 
-    t = tok(name)
+    t = tokenizer_for(name)
     conv = standard(_args(name))
     derived = eot_outside(tagged_source(name))
     assert t.apply_chat_template(conv, tokenize=False, chat_template=derived) == render(name, conv)
