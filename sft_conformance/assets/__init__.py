@@ -10,6 +10,7 @@ Everything here is built from files shipped in the package or from code; nothing
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,6 +98,278 @@ SEED001 = (
     "{%- if add_generation_prompt -%}{{- '>' -}}{%- endif -%}"
 )
 
+# -- templates with tools ---------------------------------------------------------------------
+#
+# The agentic templates are written one statement a line and joined by :func:`jinja` (every tag
+# trims the whitespace around it, so the layout never reaches the rendering). What a template
+# renders around what the assistant produces is built by :func:`produced`: the same text with or
+# without ``{% generation %}`` tags, so a ``-generation`` variant renders byte for byte as its
+# plain template.
+
+
+def jinja(source: str) -> str:
+    """``source`` with its lines stripped and joined by one space: a template written one
+    statement a line, indented for reading. Every tag of such a template trims the whitespace
+    around it (``{%- -%}``, ``{{- -}}``), so the joining spaces never reach the rendering."""
+    return " ".join(line.strip() for line in source.strip().splitlines() if line.strip())
+
+
+def literal(text: str) -> str:
+    """``text`` as a Jinja string literal (JSON's escapes are Jinja's)."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def produced(body: str, end: str, generation: bool) -> str:
+    """The output statement for what the assistant produces: the expression ``body`` followed
+    by the turn's end token ``end`` (an expression too), inside ``{% generation %}`` tags when
+    ``generation``. One expression ending with the end token: the shape
+    ``adapters.trl_sft.eot_outside`` rewrites."""
+    if generation:
+        return ("{%- generation -%}{{- " + body + " + " + end + " -}}{%- endgeneration -%}")
+    return "{{- " + body + " + " + end + " -}}"
+
+
+#: the tool preamble of the Qwen/Hermes system turn, as Qwen2.5's and Qwen3's public templates
+#: write it: the schemas go between the two parts, one JSON object a line
+QWEN_TOOLS_INTRO = ("# Tools\n\nYou may call one or more functions to assist with the user "
+                    "query.\n\nYou are provided with function signatures within <tools></tools> "
+                    "XML tags:\n<tools>")
+QWEN_TOOLS_OUTRO = ("\n</tools>\n\nFor each function call, return a json object with function "
+                    "name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
+                    '{"name": <function-name>, "arguments": <args-json-object>}\n'
+                    "</tool_call><|im_end|>\n")
+
+
+def chatml_tools_template(*, default_system: str | None = None, qwen3: bool = False,
+                          generation: bool = False) -> str:
+    """ChatML with tools, as the Qwen (Hermes-style) templates render them.
+
+    * ``tools`` go into the system turn: the system message's content (or ``default_system``)
+      and a blank line, then :data:`QWEN_TOOLS_INTRO`, one ``tojson`` schema a line,
+      :data:`QWEN_TOOLS_OUTRO`. Without tools the system turn is the system message, or
+      ``default_system``, or nothing.
+    * An assistant turn is ``<|im_start|>assistant\n`` + content + its calls + ``<|im_end|>\n``;
+      each call is ``<tool_call>\n{"name": "...", "arguments": ...}\n</tool_call>``, preceded by
+      ``\n`` unless it is the first call of a turn without content. A call may be
+      ``{"function": {...}}`` or the flat ``{"name", "arguments"}``.
+    * ``arguments``: through ``tojson`` (Qwen2.5: a JSON string is encoded again, as the public
+      template does), or with ``qwen3`` a string as it is and anything else through ``tojson``.
+    * Tool messages are ``<tool_response>\n...\n</tool_response>`` inside a ``user`` turn;
+      consecutive tool messages share one turn.
+    * ``qwen3``: content that is not a string renders as ``""``; reasoning
+      (``reasoning_content``, or the text before ``</think>`` in the content) renders as
+      ``<think>\n...\n</think>\n\n`` on the assistant turns after the last real user query (a
+      user message whose content is a ``<tool_response>...</tool_response>`` block is not one)
+      that are the last message or have reasoning; ``enable_thinking=False`` appends an empty
+      think block to the generation prompt.
+
+    With ``generation``, the tags hold what the assistant produces: reasoning, content, calls and
+    ``<|im_end|>``; never the header, the ``\n`` after ``<|im_end|>`` or a tool response."""
+    system = literal(default_system) if default_system is not None else "none"
+    content = ("message.content if message.content is string else ''" if qwen3
+               else "message.content")
+    arguments = ("call.arguments if call.arguments is string else call.arguments | tojson"
+                 if qwen3 else "call.arguments | tojson")
+    last_query = r"""
+        {%- set query = namespace(index=messages|length - 1, found=false) -%}
+        {%- for message in messages|reverse -%}
+            {%- if not query.found and message.role == 'user' and message.content is string
+                   and not (message.content.startswith('<tool_response>')
+                            and message.content.endswith('</tool_response>')) -%}
+                {%- set query.found = true -%}
+                {%- set query.index = messages|length - loop.index -%}
+            {%- endif -%}
+        {%- endfor -%}
+    """ if qwen3 else ""
+    reasoning = r"""
+            {%- if message.reasoning_content is string -%}
+                {%- set turn.reasoning = message.reasoning_content -%}
+            {%- elif '</think>' in turn.content -%}
+                {%- set turn.reasoning = turn.content.split('</think>')[0].rstrip('\n')
+                                         .split('<think>')[-1].lstrip('\n') -%}
+                {%- set turn.content = turn.content.split('</think>')[-1].lstrip('\n') -%}
+            {%- endif -%}
+            {%- if loop.index0 > query.index and (loop.last or turn.reasoning) -%}
+                {%- set turn.body = '<think>\n' + turn.reasoning.strip('\n') + '\n</think>\n\n'
+                                    + turn.content.lstrip('\n') -%}
+            {%- else -%}
+                {%- set turn.body = turn.content -%}
+            {%- endif -%}
+    """ if qwen3 else r"""
+            {%- set turn.body = (turn.content or '') if message.tool_calls else turn.content -%}
+    """
+    thinking_prompt = r"""
+        {%- if enable_thinking is defined and enable_thinking is false -%}
+            {{- '<think>\n\n</think>\n\n' -}}
+        {%- endif -%}
+    """ if qwen3 else ""
+    return jinja(r"""
+        {%- if messages and messages[0].role == 'system' -%}
+            {%- set system_text = messages[0].content -%}
+        {%- else -%}
+            {%- set system_text = @SYSTEM@ -%}
+        {%- endif -%}
+        {%- if tools -%}
+            {{- '<|im_start|>system\n' -}}
+            {%- if system_text is not none -%}{{- system_text + '\n\n' -}}{%- endif -%}
+            {{- @INTRO@ -}}
+            {%- for tool in tools -%}{{- '\n' + tool | tojson -}}{%- endfor -%}
+            {{- @OUTRO@ -}}
+        {%- elif system_text is not none -%}
+            {{- '<|im_start|>system\n' + system_text + '<|im_end|>\n' -}}
+        {%- endif -%}
+        @LAST_QUERY@
+        {%- for message in messages -%}
+        {%- if message.role == 'user' or (message.role == 'system' and not loop.first) -%}
+            {{- '<|im_start|>' + message.role + '\n' + (@CONTENT@) + '<|im_end|>\n' -}}
+        {%- elif message.role == 'assistant' -%}
+            {%- set turn = namespace(content=(@CONTENT@), reasoning='', body='') -%}
+            @REASONING@
+            {%- for call in message.tool_calls or [] -%}
+                {%- if call.function -%}{%- set call = call.function -%}{%- endif -%}
+                {%- if turn.content or not loop.first -%}
+                    {%- set turn.body = turn.body + '\n' -%}
+                {%- endif -%}
+                {%- set turn.body = turn.body + '<tool_call>\n{"name": "' + call.name|string
+                                    + '", "arguments": ' + (@ARGUMENTS@)|string
+                                    + '}\n</tool_call>' -%}
+            {%- endfor -%}
+            {{- '<|im_start|>assistant\n' -}}
+            @PRODUCED@
+            {{- '\n' -}}
+        {%- elif message.role == 'tool' -%}
+            {%- if loop.first or messages[loop.index0 - 1].role != 'tool' -%}
+                {{- '<|im_start|>user' -}}
+            {%- endif -%}
+            {{- '\n<tool_response>\n' + (@CONTENT@)|string + '\n</tool_response>' -}}
+            {%- if loop.last or messages[loop.index0 + 1].role != 'tool' -%}
+                {{- '<|im_end|>\n' -}}
+            {%- endif -%}
+        {%- endif -%}
+        {%- endfor -%}
+        {%- if add_generation_prompt -%}
+            {{- '<|im_start|>assistant\n' -}}
+            @THINKING_PROMPT@
+        {%- endif -%}
+    """.replace("@SYSTEM@", system).replace("@INTRO@", literal(QWEN_TOOLS_INTRO))
+        .replace("@OUTRO@", literal(QWEN_TOOLS_OUTRO)).replace("@LAST_QUERY@", last_query)
+        .replace("@CONTENT@", content).replace("@REASONING@", reasoning)
+        .replace("@ARGUMENTS@", arguments)
+        .replace("@PRODUCED@", produced("turn.body", "'<|im_end|>'", generation))
+        .replace("@THINKING_PROMPT@", thinking_prompt))
+
+
+#: the date the Llama 3.1 template writes when the caller passes no ``date_string`` (the public
+#: template's own default): renders are deterministic
+LLAMA31_DATE = "26 Jul 2024"
+LLAMA31_TOOLS_FORMAT = ('Respond in the format {"name": function name, "parameters": dictionary '
+                        'of argument name and its value}.Do not use variables.\n\n')
+
+
+def llama31_template(generation: bool = False) -> str:
+    """Llama 3.1's tool rendering (Meta-Llama-3.1-8B-Instruct's public template) on the
+    bundled BPE, custom tools only.
+
+    * A system header always: ``Environment: ipython`` when ``tools`` are given, the
+      ``Cutting Knowledge Date: December 2023`` and ``Today Date: {date_string}`` lines
+      (:data:`LLAMA31_DATE` unless the caller passes ``date_string``), then the system message
+      (trimmed). The schemas (``tojson(indent=4)``) go into the first user message by default
+      (``tools_in_user_message=False`` puts them in the system header); ``custom_tools`` is
+      read as ``tools``.
+    * A call is bare JSON with the key ``parameters`` (``arguments`` through ``tojson``: a JSON
+      string is encoded again), ending with ``<|eot_id|>``; one call per turn (more raise);
+      content beside a call is dropped, as the public template drops it.
+    * A ``tool`` (or ``ipython``) message renders under an ``ipython`` header, its content
+      through ``tojson`` (a string gets quotes).
+    * ``builtin_tools`` (``<|python_tag|>`` calls ending with ``<|eom_id|>``) raise: not
+      implemented here.
+
+    With ``generation``, the tags hold the content or the call and ``<|eot_id|>``."""
+    header = "'<|start_header_id|>assistant<|end_header_id|>\\n\\n'"
+    return jinja(r"""
+        {{- bos_token -}}
+        {%- if builtin_tools is defined -%}
+            {{- raise_exception('the bundled llama3.1 template renders custom tools only: '
+                                + 'builtin_tools is not implemented') -}}
+        {%- endif -%}
+        {%- if custom_tools is defined -%}
+            {%- set tool_list = custom_tools -%}
+        {%- elif tools is defined -%}
+            {%- set tool_list = tools -%}
+        {%- else -%}
+            {%- set tool_list = none -%}
+        {%- endif -%}
+        {%- set tools_first = tools_in_user_message if tools_in_user_message is defined
+                              else true -%}
+        {%- if messages[0].role == 'system' -%}
+            {%- set system_message = messages[0].content | trim -%}
+            {%- set rest = messages[1:] -%}
+        {%- else -%}
+            {%- set system_message = '' -%}
+            {%- set rest = messages -%}
+        {%- endif -%}
+        {{- '<|start_header_id|>system<|end_header_id|>\n\n' -}}
+        {%- if tool_list is not none -%}{{- 'Environment: ipython\n' -}}{%- endif -%}
+        {{- 'Cutting Knowledge Date: December 2023\n' -}}
+        {{- 'Today Date: ' + (date_string if date_string is defined else @DATE@) + '\n\n' -}}
+        {%- if tool_list is not none and not tools_first -%}
+            {{- 'You have access to the following functions. To call a function, please '
+                + 'respond with JSON for a function call.' + @FORMAT@ -}}
+            {%- for tool in tool_list -%}{{- tool | tojson(indent=4) + '\n\n' -}}{%- endfor -%}
+        {%- endif -%}
+        {{- system_message + '<|eot_id|>' -}}
+        {%- if tool_list is not none and tools_first -%}
+            {%- if rest | length == 0 -%}
+                {{- raise_exception("Cannot put tools in the first user message when there's "
+                                    + "no first user message!") -}}
+            {%- endif -%}
+            {{- '<|start_header_id|>user<|end_header_id|>\n\n' -}}
+            {{- 'Given the following functions, please respond with a JSON for a function call '
+                + 'with its proper arguments that best answers the given prompt.\n\n'
+                + @FORMAT@ -}}
+            {%- for tool in tool_list -%}{{- tool | tojson(indent=4) + '\n\n' -}}{%- endfor -%}
+            {{- rest[0].content | trim + '<|eot_id|>' -}}
+            {%- set rest = rest[1:] -%}
+        {%- endif -%}
+        {%- for message in rest -%}
+        {%- if message.tool_calls -%}
+            {%- if message.tool_calls | length != 1 -%}
+                {{- raise_exception('This model only supports single tool-calls at once!') -}}
+            {%- endif -%}
+            {%- set call = message.tool_calls[0].function -%}
+            {{- @HEADER@ -}}
+            @CALL@
+        {%- elif message.role == 'tool' or message.role == 'ipython' -%}
+            {{- '<|start_header_id|>ipython<|end_header_id|>\n\n' -}}
+            {%- if message.content is mapping or message.content is iterable -%}
+                {{- message.content | tojson -}}
+            {%- else -%}
+                {{- message.content -}}
+            {%- endif -%}
+            {{- '<|eot_id|>' -}}
+        {%- elif message.role == 'assistant' -%}
+            {{- @HEADER@ -}}
+            @CONTENT@
+        {%- else -%}
+            {{- '<|start_header_id|>' + message.role + '<|end_header_id|>\n\n'
+                + message.content | trim + '<|eot_id|>' -}}
+        {%- endif -%}
+        {%- endfor -%}
+        {%- if add_generation_prompt -%}{{- @HEADER@ -}}{%- endif -%}
+    """.replace("@DATE@", literal(LLAMA31_DATE)).replace("@FORMAT@", literal(LLAMA31_TOOLS_FORMAT))
+        .replace("@HEADER@", header)
+        .replace("@CALL@", produced("'{\"name\": \"' + call.name + '\", \"parameters\": ' "
+                                    "+ call.arguments | tojson + '}'", "'<|eot_id|>'",
+                                    generation))
+        .replace("@CONTENT@", produced("message.content | trim", "'<|eot_id|>'", generation)))
+
+
+CHATML_TOOLS = chatml_tools_template()
+CHATML_TOOLS_GENERATION = chatml_tools_template(generation=True)
+LLAMA31 = llama31_template()
+LLAMA31_GENERATION = llama31_template(generation=True)
+
+
 TEMPLATES: dict[str, Template] = {
     t.name: t
     for t in (
@@ -107,6 +380,25 @@ TEMPLATES: dict[str, Template] = {
                  has_generation_tags=True),
         Template("llama3", LLAMA3, "bpe", "<|eot_id|>", "<pad>", bos_token="<|begin_of_text|>",
                  description="Llama-3-style headers, content trimmed, <|eot_id|> ends a turn"),
+        Template("chatml-tools", CHATML_TOOLS, "bpe", "<|im_end|>", "<pad>",
+                 description="ChatML with tools as Qwen/Hermes render them (<tools> in the "
+                             "system turn, <tool_call> JSON, <tool_response> in a user turn), "
+                             "no default system prompt",
+                 roles=("system", "user", "assistant", "tool")),
+        Template("chatml-tools-generation", CHATML_TOOLS_GENERATION, "bpe", "<|im_end|>", "<pad>",
+                 description="chatml-tools with {% generation %} tags around content, calls "
+                             "and <|im_end|>",
+                 has_generation_tags=True, roles=("system", "user", "assistant", "tool")),
+        Template("llama3.1", LLAMA31, "bpe", "<|eot_id|>", "<pad>", bos_token="<|begin_of_text|>",
+                 description="Llama 3.1 with tools: a system header with fixed dates, tools in "
+                             "the first user message, one JSON call per turn ('parameters'), "
+                             "results under an ipython header",
+                 roles=("system", "user", "assistant", "tool")),
+        Template("llama3.1-generation", LLAMA31_GENERATION, "bpe", "<|eot_id|>", "<pad>",
+                 bos_token="<|begin_of_text|>",
+                 description="llama3.1 with {% generation %} tags around content or call and "
+                             "<|eot_id|>",
+                 has_generation_tags=True, roles=("system", "user", "assistant", "tool")),
         Template("seed000", SEED000, "bpe", "<|end|>", "<pad>",
                  description="seed 000: <|user|> ... <|end|> <|assistant|> ... <|end|>"),
         Template("seed001", SEED001, "char", "#", "_", roles=("user", "assistant"),

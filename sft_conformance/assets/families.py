@@ -15,28 +15,47 @@ tokenizer at first use, then cached under ``$SFT_CONFORMANCE_CACHE`` (default
   ``[INST]`` and ``[/INST]`` control tokens) loads through ``AutoTokenizer`` from a directory
   holding it as ``tokenizer.model`` (needs ``sentencepiece`` and ``protobuf``).
 
-The chat templates are ours, written to reproduce each family's public rendering for system,
-user and assistant messages (tools, images and tool calls are left out). Sources, checked against
-the rendered strings in ``tests/test_real_tokenizers.py``:
+The chat templates are ours, written to reproduce each family's public rendering of system,
+user and assistant messages, tools (``apply_chat_template(..., tools=[...])``), assistant tool
+calls (``tool_calls``: ``{"type": "function", "function": {"name", "arguments"}}``), tool messages
+and, for Qwen3, reasoning (``reasoning_content`` or ``<think>...</think>`` in the content); images
+are left out. Every rendering was checked character for character against the public template
+rendered by transformers on randomized agentic conversations; ``tests/test_real_tokenizers.py``
+(plain) and ``tests/test_agentic_templates.py`` (tools and reasoning) pin golden strings, and
+``docs/templates.md`` shows them. Sources:
 
 * Qwen2.5: the ``chat_template`` of Qwen/Qwen2.5-7B-Instruct's ``tokenizer_config.json`` on the
-  Hugging Face Hub, and the Qwen documentation's "Key Concepts" page (ChatML; a default system
-  prompt "You are Qwen, created by Alibaba Cloud. You are a helpful assistant." when the
-  conversation has none). The base models (Qwen/Qwen2.5-7B) ship the same template with
-  ``eos_token`` ``<|endoftext|>``.
-* Qwen3: the ``chat_template`` of Qwen/Qwen3-8B (reasoning between ``<think>`` and ``</think>``
-  kept on assistant turns after the last user message and dropped from earlier ones; the last
-  assistant turn always carries a ``<think>`` block, empty when the message has no reasoning; no
-  default system prompt); see also the Hugging Face blog post "The 4 Things Qwen-3's Chat
-  Template Teaches Us".
-* DeepSeek: the ``chat_template`` of deepseek-ai/DeepSeek-V3 (``<｜begin▁of▁sentence｜>``, the
-  system prompt as plain text, ``<｜User｜>`` before a user message, ``<｜Assistant｜>`` before an
-  assistant message, which ends with ``<｜end▁of▁sentence｜>``).
+  Hugging Face Hub (axolotl ships a copy as ``qwen_25.jinja``), and the Qwen documentation's
+  "Key Concepts" page (ChatML; a default system prompt "You are Qwen, created by Alibaba Cloud.
+  You are a helpful assistant." when the conversation has none). The base models
+  (Qwen/Qwen2.5-7B) ship the same template with ``eos_token`` ``<|endoftext|>``. Tools go into
+  the system turn, calls are ``<tool_call>`` JSON blocks (``arguments`` through ``tojson``: a
+  JSON string is encoded again), tool results ``<tool_response>`` blocks in a user turn.
+* Qwen3: the ``chat_template`` of Qwen/Qwen3-8B (TRL ships a copy as ``qwen3.jinja``): the same
+  tool rendering with string ``arguments`` written as they are, no default system prompt, and
+  reasoning between ``<think>`` and ``</think>`` kept on the assistant turns after the last real
+  user query (a user message that is a ``<tool_response>`` block is not one) when they are the
+  last message or have reasoning, dropped from the others; the last assistant turn always
+  carries a ``<think>`` block, empty when the message has no reasoning; see also the Hugging
+  Face blog post "The 4 Things Qwen-3's Chat Template Teaches Us".
+* DeepSeek: the ``chat_template`` of deepseek-ai/DeepSeek-V3 (TRL ships a copy as
+  ``deepseekv3.jinja``; ``<｜begin▁of▁sentence｜>``, the system prompts as plain text,
+  ``<｜User｜>`` before a user message, ``<｜Assistant｜>`` before an assistant message, which
+  ends with ``<｜end▁of▁sentence｜>``; the ``<｜tool▁calls▁begin｜>`` / ``<｜tool▁outputs▁begin｜>``
+  blocks, string ``arguments`` only). The R1 additions of TRL's copy (``</think>`` stripping, a
+  ``<think>`` generation prompt) are left out; the lost markers of a second tool round are kept
+  (see ``_deepseek_template``).
 * Mistral: the ``chat_template`` of mistralai/Mistral-7B-Instruct-v0.3 and mistral-common's v3
   instruct tokenizer (``<s>[INST] user[/INST] assistant</s>``; no end-of-turn token after a user
   turn; the assistant content trimmed; the system prompt prepended to the *last* user message;
-  roles must alternate). Mistral ships no pad token: we set ``<unk>``, as the Llama/Mistral
-  fine-tuning recipes do.
+  roles must alternate, tool messages and tool-call turns aside; ``[AVAILABLE_TOOLS]`` before
+  the last user message, ``[TOOL_CALLS] [...]</s>`` with 9-character call ids, content beside
+  calls dropped, ``[TOOL_RESULTS] {...}[/TOOL_RESULTS]``). Mistral ships no pad token: we set
+  ``<unk>``, as the Llama/Mistral fine-tuning recipes do.
+
+transformers 5 drops the keys of a message whose value is ``None`` before rendering (an OpenAI
+``content: None`` beside ``tool_calls`` arrives as no ``content`` at all); every template here
+reads a missing ``content`` or ``tool_calls`` as empty.
 """
 
 from __future__ import annotations
@@ -52,6 +71,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigurationError
+from . import chatml_tools_template, jinja, literal, produced
 
 INSTALL_HINT = "pip install 'sft-conformance[tokenizers]'"
 
@@ -71,124 +91,212 @@ _QWEN_NOT_SPECIAL = {"<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_mid
                      "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>",
                      *QWEN3_ADDED}
 
-QWEN25_TEMPLATE = (
-    "{%- if messages[0]['role'] == 'system' -%}"
-    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' -}}"
-    "{%- else -%}"
-    "{{- '<|im_start|>system\\n" + QWEN_DEFAULT_SYSTEM + "<|im_end|>\\n' -}}"
-    "{%- endif -%}"
-    "{%- for message in messages -%}"
-    "{%- if message['role'] != 'system' or not loop.first -%}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
-)
-
-def _qwen3_template(generation: bool) -> str:
-    def produced(text: str) -> str:  # what the assistant produces, tagged or not
-        if generation:
-            return ("{%- generation -%}{{- " + text + " + '<|im_end|>' -}}{%- endgeneration -%}"
-                    "{{- '\\n' -}}")
-        return "{{- " + text + " + '<|im_end|>\\n' -}}"
-
-    return (
-        "{%- set ns = namespace(last_query_index=messages|length - 1) -%}"
-        "{%- for message in messages[::-1] -%}"
-        "{%- set index = (messages|length - 1) - loop.index0 -%}"
-        "{%- if message['role'] == 'user' and ns.last_query_index == messages|length - 1 -%}"
-        "{%- set ns.last_query_index = index -%}"
-        "{%- endif -%}"
-        "{%- endfor -%}"
-        "{%- for message in messages -%}"
-        "{%- set content = message['content'] -%}"
-        "{%- if message['role'] == 'user' or message['role'] == 'system' -%}"
-        "{{- '<|im_start|>' + message['role'] + '\\n' + content + '<|im_end|>\\n' -}}"
-        "{%- elif message['role'] == 'assistant' -%}"
-        "{%- set reasoning = '' -%}"
-        "{%- if message.get('reasoning_content') is string -%}"
-        "{%- set reasoning = message['reasoning_content'] -%}"
-        "{%- elif '</think>' in content -%}"
-        "{%- set reasoning = content.split('</think>')[0].rstrip('\\n').split('<think>')[-1]"
-        ".lstrip('\\n') -%}"
-        "{%- set content = content.split('</think>')[-1].lstrip('\\n') -%}"
-        "{%- endif -%}"
-        "{{- '<|im_start|>assistant\\n' -}}"
-        "{%- if loop.index0 > ns.last_query_index and (loop.last or reasoning) -%}"
-        + produced("'<think>\\n' + reasoning.strip('\\n') + '\\n</think>\\n\\n'"
-                   " + content.lstrip('\\n')")
-        + "{%- else -%}"
-        + produced("content")
-        + "{%- endif -%}"
-        "{%- endif -%}"
-        "{%- endfor -%}"
-        "{%- if add_generation_prompt -%}"
-        "{{- '<|im_start|>assistant\\n' -}}"
-        "{%- if enable_thinking is defined and enable_thinking is false -%}"
-        "{{- '<think>\\n\\n</think>\\n\\n' -}}"
-        "{%- endif -%}"
-        "{%- endif -%}"
-    )
+QWEN25_TEMPLATE = chatml_tools_template(default_system=QWEN_DEFAULT_SYSTEM)
+QWEN3_TEMPLATE = chatml_tools_template(qwen3=True)
 
 
-QWEN3_TEMPLATE = _qwen3_template(False)
+def _deepseek_template(generation: bool) -> str:
+    """DeepSeek-V3's rendering, tools included (``trl/chat_templates/deepseekv3.jinja``, a copy
+    of the Hub template).
 
-DEEPSEEK_TEMPLATE = (
-    "{{- bos_token -}}"
-    "{%- for message in messages -%}"
-    "{%- if message['role'] == 'system' -%}{{- message['content'] -}}"
-    "{%- elif message['role'] == 'user' -%}{{- '<｜User｜>' + message['content'] -}}"
-    "{%- else -%}{{- '<｜Assistant｜>' + message['content'] + '<｜end▁of▁sentence｜>' -}}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '<｜Assistant｜>' -}}{%- endif -%}"
-)
+    * ``<｜begin▁of▁sentence｜>``, then every system message's content (joined by a blank line),
+      then ``<｜User｜>`` + content per user message and ``<｜Assistant｜>`` + content +
+      ``<｜end▁of▁sentence｜>`` per assistant message.
+    * A tool-call turn: ``<｜Assistant｜>`` + content (kept) + ``<｜tool▁calls▁begin｜>``, one
+      ``<｜tool▁call▁begin｜>{type}<｜tool▁sep｜>{name}\n```json\n{arguments}\n```<｜tool▁call▁end｜>``
+      per call (``\n`` between them), ``<｜tool▁calls▁end｜><｜end▁of▁sentence｜>``.
+      ``arguments`` must be a JSON string: a dict raises ``TypeError`` (string + dict), as in
+      the public template (transformers#45419).
+    * Tool messages: ``<｜tool▁outputs▁begin｜>`` before the first,
+      ``<｜tool▁output▁begin｜>...<｜tool▁output▁end｜>`` each; the assistant answer after them
+      starts with ``<｜tool▁outputs▁end｜>`` and no ``<｜Assistant｜>``; a conversation that ends
+      with a tool message ends with ``<｜tool▁outputs▁end｜>`` (and no generation prompt).
+    * Kept from the public template on purpose: the markers of a *second* tool round are lost
+      (its flags are never reset, AGENTIC.md §2 item 29): a later tool-call turn renders its
+      calls as ``\n<｜tool▁call▁begin｜>...`` right after what precedes it, without
+      ``<｜Assistant｜>``, its content or ``<｜tool▁calls▁begin｜>``, and later tool outputs have
+      no ``<｜tool▁outputs▁begin｜>`` (nor the ``<｜tool▁outputs▁end｜>`` before a call turn).
+    * Left out: the R1 features of TRL's copy (``</think>`` stripped from plain assistant
+      turns, ``<think>\n`` after the generation prompt's ``<｜Assistant｜>``), which
+      DeepSeek-V3's own template does not have. ``tool_calls`` that is ``None`` or empty counts
+      as no calls, and a ``content`` that is ``None`` or missing as no content (the public
+      template tests the keys' presence; transformers 5 drops keys whose value is ``None``
+      before rendering, so under it the public template fails on ``content: None`` beside
+      calls with ``UndefinedError``: we render it as transformers 4 did, as ``""``).
 
-MISTRAL_TEMPLATE = (
-    "{%- if messages[0]['role'] == 'system' -%}"
-    "{%- set system_message = messages[0]['content'] -%}"
-    "{%- set loop_messages = messages[1:] -%}"
-    "{%- else -%}{%- set loop_messages = messages -%}{%- endif -%}"
-    "{{- bos_token -}}"
-    "{%- for message in loop_messages -%}"
-    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
-    "{{- raise_exception('After the optional system message, conversation roles must alternate "
-    "user/assistant/user/assistant/...') -}}"
-    "{%- endif -%}"
-    "{%- if message['role'] == 'user' -%}"
-    "{%- if loop.last and system_message is defined -%}"
-    "{{- '[INST] ' + system_message + '\\n\\n' + message['content'] + '[/INST]' -}}"
-    "{%- else -%}{{- '[INST] ' + message['content'] + '[/INST]' -}}{%- endif -%}"
-    "{%- else -%}{{- ' ' + message['content'] | trim + eos_token -}}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-)
+    With ``generation``, the tags hold what the assistant produces: content, the call block and
+    ``<｜end▁of▁sentence｜>``; never ``<｜Assistant｜>`` or ``<｜tool▁outputs▁end｜>``."""
+    eos = "'<｜end▁of▁sentence｜>'"
+    return jinja(r"""
+        {%- set ds = namespace(system='', systems=0, called=false, after_tool=false,
+                               outputs=false) -%}
+        {%- for message in messages if message.role == 'system' -%}
+            {%- set ds.system = ds.system + ('\n\n' if ds.systems else '') + message.content -%}
+            {%- set ds.systems = ds.systems + 1 -%}
+        {%- endfor -%}
+        {{- bos_token + ds.system -}}
+        {%- for message in messages -%}
+        {%- if message.role == 'user' -%}
+            {%- set ds.after_tool = false -%}
+            {{- '<｜User｜>' + message.content -}}
+        {%- elif message.role == 'assistant' and message.tool_calls -%}
+            {%- set ds.after_tool = false -%}
+            {%- set turn = namespace(header='' if ds.called else '<｜Assistant｜>', body='') -%}
+            {%- for call in message.tool_calls -%}
+                {%- set one = '<｜tool▁call▁begin｜>' + call.type + '<｜tool▁sep｜>'
+                              + call.function.name + '\n```json\n' + call.function.arguments
+                              + '\n```<｜tool▁call▁end｜>' -%}
+                {%- if ds.called -%}
+                    {%- set turn.body = turn.body + '\n' + one -%}
+                {%- else -%}
+                    {%- set ds.called = true -%}
+                    {%- set turn.body = (message.content if message.content is defined
+                                                         and message.content is not none else '')
+                                        + '<｜tool▁calls▁begin｜>' + one -%}
+                {%- endif -%}
+            {%- endfor -%}
+            {{- turn.header -}}
+            @CALLS@
+        {%- elif message.role == 'assistant' -%}
+            {%- if ds.after_tool -%}
+                {%- set ds.after_tool = false -%}
+                {{- '<｜tool▁outputs▁end｜>' -}}
+            {%- else -%}
+                {{- '<｜Assistant｜>' -}}
+            {%- endif -%}
+            @ANSWER@
+        {%- elif message.role == 'tool' -%}
+            {%- set ds.after_tool = true -%}
+            {%- if not ds.outputs -%}
+                {%- set ds.outputs = true -%}
+                {{- '<｜tool▁outputs▁begin｜>' -}}
+            {%- endif -%}
+            {{- '<｜tool▁output▁begin｜>' + message.content + '<｜tool▁output▁end｜>' -}}
+        {%- endif -%}
+        {%- endfor -%}
+        {%- if ds.after_tool -%}
+            {{- '<｜tool▁outputs▁end｜>' -}}
+        {%- elif add_generation_prompt -%}
+            {{- '<｜Assistant｜>' -}}
+        {%- endif -%}
+    """.replace("@CALLS@", produced("turn.body + '<｜tool▁calls▁end｜>'", eos, generation))
+        .replace("@ANSWER@", produced("message.content", eos, generation)))
+
+
+DEEPSEEK_TEMPLATE = _deepseek_template(False)
+
+_MISTRAL_IDS = "Tool call IDs should be alphanumeric strings with length 9!"
+
+
+def _mistral_template(generation: bool) -> str:
+    """Mistral-7B-Instruct-v0.3's rendering, tools included (its Hub template; axolotl's
+    ``mistral_v2v3.jinja`` shows the same placement).
+
+    * ``<s>``; ``[INST] content[/INST]`` per user message, the system prompt (a first system
+      message) prepended to the user message only when that message is the last one;
+      `` content.strip()</s>`` per assistant message. Roles alternate user/assistant, tool
+      messages and tool-call turns aside.
+    * ``tools``: ``[AVAILABLE_TOOLS] [{"type": "function", "function": {...}}, ...]
+      [/AVAILABLE_TOOLS]`` right before the *last* user message (a user message equal to it
+      too), the function's string fields written as they are, the others through ``tojson``,
+      the ``return`` field left out.
+    * A tool-call turn: ``[TOOL_CALLS] [`` + each call's ``function`` through ``tojson`` with
+      ``, "id": "..."`` before its closing brace, ``, ``-separated, ``]</s>``. Its content is
+      dropped, as the public template drops it. Call ids must be 9 characters (raises
+      otherwise), and so must a tool message's ``tool_call_id``.
+    * A tool message (role ``tool`` or ``tool_results``): ``[TOOL_RESULTS] {"content": ...,
+      "call_id": "..."}[/TOOL_RESULTS]``, the content written with ``|string`` (``22C`` stays
+      unquoted); the next assistant answer follows with its usual leading space.
+    * ``tool_calls`` that is ``None`` or empty counts as no calls.
+
+    With ``generation``, the tags hold the content (or the ``[TOOL_CALLS]`` block) and
+    ``</s>``; not the space before a content."""
+    return jinja(r"""
+        {%- if messages[0].role == 'system' -%}
+            {%- set system_message = messages[0].content -%}
+            {%- set loop_messages = messages[1:] -%}
+        {%- else -%}
+            {%- set loop_messages = messages -%}
+        {%- endif -%}
+        {%- set user_messages = loop_messages | selectattr('role', 'equalto', 'user') | list -%}
+        {%- set turns = namespace(count=0) -%}
+        {%- for message in loop_messages
+                if not (message.role in ('tool', 'tool_results') or message.tool_calls) -%}
+            {%- if (message.role == 'user') != (turns.count % 2 == 0) -%}
+                {{- raise_exception('After the optional system message, conversation roles '
+                                    + 'must alternate user/assistant/user/assistant/...') -}}
+            {%- endif -%}
+            {%- set turns.count = turns.count + 1 -%}
+        {%- endfor -%}
+        {{- bos_token -}}
+        {%- for message in loop_messages -%}
+        {%- if message.role == 'user' -%}
+            {%- if tools and message == user_messages[-1] -%}
+                {%- set listing = namespace(text='[AVAILABLE_TOOLS] [') -%}
+                {%- for tool in tools -%}
+                    {%- set fields = namespace(text='') -%}
+                    {%- for key, value in tool.function.items() if key != 'return' -%}
+                        {%- set fields.text = fields.text + (', ' if not loop.first else '')
+                                              + '"' + key + '": '
+                                              + ('"' + value + '"' if value is string
+                                                 else value | tojson) -%}
+                    {%- endfor -%}
+                    {%- set listing.text = listing.text + '{"type": "function", "function": {'
+                                           + fields.text + '}}'
+                                           + (', ' if not loop.last else ']') -%}
+                {%- endfor -%}
+                {{- listing.text + '[/AVAILABLE_TOOLS]' -}}
+            {%- endif -%}
+            {%- if loop.last and system_message is defined -%}
+                {{- '[INST] ' + system_message + '\n\n' + message.content + '[/INST]' -}}
+            {%- else -%}
+                {{- '[INST] ' + message.content + '[/INST]' -}}
+            {%- endif -%}
+        {%- elif message.tool_calls -%}
+            {%- set turn = namespace(body='[TOOL_CALLS] [') -%}
+            {%- for call in message.tool_calls -%}
+                {%- if call.id is not defined or call.id | length != 9 -%}
+                    {{- raise_exception(@IDS@) -}}
+                {%- endif -%}
+                {%- set turn.body = turn.body + (call.function | tojson)[:-1] + ', "id": "'
+                                    + call.id + '"}' + (', ' if not loop.last else ']') -%}
+            {%- endfor -%}
+            @CALLS@
+        {%- elif message.role == 'assistant' -%}
+            {{- ' ' -}}
+            @ANSWER@
+        {%- elif message.role in ('tool', 'tool_results') -%}
+            {%- if message.content is defined and message.content.content is defined -%}
+                {%- set result = message.content.content -%}
+            {%- else -%}
+                {%- set result = message.content -%}
+            {%- endif -%}
+            {%- if message.tool_call_id is not defined or message.tool_call_id | length != 9 -%}
+                {{- raise_exception(@IDS@) -}}
+            {%- endif -%}
+            {{- '[TOOL_RESULTS] {"content": ' + result | string + ', "call_id": "'
+                + message.tool_call_id + '"}[/TOOL_RESULTS]' -}}
+        {%- else -%}
+            {{- raise_exception('Only user and assistant roles are supported, with the '
+                                + 'exception of an initial optional system message!') -}}
+        {%- endif -%}
+        {%- endfor -%}
+    """.replace("@IDS@", literal(_MISTRAL_IDS))
+        .replace("@CALLS@", produced("turn.body", "eos_token", generation))
+        .replace("@ANSWER@", produced("message.content | trim", "eos_token", generation)))
+
+
+MISTRAL_TEMPLATE = _mistral_template(False)
 
 
 # -- the same templates with {% generation %} tags around what the assistant produces (what TRL's
 # assistant_only_loss and torchtune-style masks read); the rendered text is unchanged.
 
-QWEN25_GENERATION_TEMPLATE = QWEN25_TEMPLATE.replace(
-    "{%- if message['role'] != 'system' or not loop.first -%}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}",
-    "{%- if message['role'] == 'assistant' -%}"
-    "{{- '<|im_start|>assistant\\n' -}}"
-    "{%- generation -%}{{- message['content'] + '<|im_end|>' -}}{%- endgeneration -%}"
-    "{{- '\\n' -}}"
-    "{%- elif message['role'] != 'system' or not loop.first -%}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}")
-
-QWEN3_GENERATION_TEMPLATE = _qwen3_template(True)
-
-DEEPSEEK_GENERATION_TEMPLATE = DEEPSEEK_TEMPLATE.replace(
-    "{{- '<｜Assistant｜>' + message['content'] + '<｜end▁of▁sentence｜>' -}}",
-    "{{- '<｜Assistant｜>' -}}{%- generation -%}{{- message['content'] + '<｜end▁of▁sentence｜>'"
-    " -}}{%- endgeneration -%}")
-
-MISTRAL_GENERATION_TEMPLATE = MISTRAL_TEMPLATE.replace(
-    "{{- ' ' + message['content'] | trim + eos_token -}}",
-    "{{- ' ' -}}{%- generation -%}{{- message['content'] | trim + eos_token -}}"
-    "{%- endgeneration -%}")
+QWEN25_GENERATION_TEMPLATE = chatml_tools_template(default_system=QWEN_DEFAULT_SYSTEM,
+                                                   generation=True)
+QWEN3_GENERATION_TEMPLATE = chatml_tools_template(qwen3=True, generation=True)
+DEEPSEEK_GENERATION_TEMPLATE = _deepseek_template(True)
+MISTRAL_GENERATION_TEMPLATE = _mistral_template(True)
 
 
 @dataclass(frozen=True)
