@@ -145,6 +145,7 @@ def agentic_conversations(draw, *, max_rounds: int = 2, reasoning: bool = True,
     sometimes two assistant messages in a row."""
     content = message_contents(adversarial=False, max_pieces=5)
     tools = draw(tool_schemas())
+    call_ids: list[str] = []
     messages = []
     if (draw(st.booleans()) if system is None else system):
         messages.append({"role": "system", "content": draw(content)})
@@ -159,6 +160,9 @@ def agentic_conversations(draw, *, max_rounds: int = 2, reasoning: bool = True,
 
     for _ in range(draw(st.integers(1, max_rounds))):
         calls = draw(tool_calls(tools))
+        for call in calls:  # ids as Mistral's template wants them: 9 alphanumerics
+            call["id"] = f"call{len(messages):02d}{len(call_ids):03d}"
+            call_ids.append(call["id"])
         beside = draw(st.sampled_from(["empty", "none", "text"]))
         call_msg = answer(tool_calls=calls)
         call_msg["content"] = {"empty": "", "none": None,
@@ -166,7 +170,7 @@ def agentic_conversations(draw, *, max_rounds: int = 2, reasoning: bool = True,
         messages.append(call_msg)
         for k, call in enumerate(calls):
             messages.append({"role": "tool", "content": draw(content),
-                             "name": call["function"]["name"], "tool_call_id": f"call{k}"})
+                             "name": call["function"]["name"], "tool_call_id": call["id"]})
     messages.append(answer())
     if consecutive_assistant and draw(st.integers(0, 4)) == 0:
         messages.append(answer())

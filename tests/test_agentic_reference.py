@@ -34,8 +34,7 @@ def _tok(name):
 
 
 def _trained_text(tok, ex):
-    return ["".join(tok.decode([ex.input_ids[t]]) for t in range(s.start, s.stop))
-            for s in ex.turns]
+    return [tok.decode(ex.input_ids[s.start:s.stop]) for s in ex.turns]
 
 
 def _for(name, conv):
@@ -67,7 +66,7 @@ def test_plain_lists_and_tool_conversations_are_both_valid():
                    {"role": "assistant", "content": "x"}]}, "messages[0].content"),
     ({"messages": [{"role": "user", "content": "q"},
                    {"role": "assistant", "content": "", "tool_calls": [
-                       {"type": "function", "function": {"name": "f", "arguments": "{oops"}}}]}]},
+                       {"type": "function", "function": {"name": "f", "arguments": "{oops"}}]}]},
      "messages[1].tool_calls[0].function.arguments"),
     ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
       "tools": "get_weather"}, "tools"),

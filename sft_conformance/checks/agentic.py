@@ -24,7 +24,9 @@ from .labels import label_property
 from .registry import register
 
 #: the standard example of the public reports (user asks, assistant calls, tool answers,
-#: assistant answers), with the schema offered
+#: assistant answers), with the schema offered; JSON-string arguments and 9-character call ids,
+#: which every bundled template accepts (DeepSeek's raises on dict arguments, Mistral's on
+#: other ids; the drawn conversations try both argument forms)
 WEATHER_TOOL = {"type": "function", "function": {
     "name": "get_weather", "description": "Get the weather of a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
@@ -32,9 +34,9 @@ WEATHER_TOOL = {"type": "function", "function": {
 WEATHER = {"messages": [
     {"role": "user", "content": "What is the weather in Paris?"},
     {"role": "assistant", "content": None, "tool_calls": [
-        {"type": "function", "function": {"name": "get_weather",
-                                          "arguments": {"city": "Paris"}}}]},
-    {"role": "tool", "content": "18C sunny", "name": "get_weather"},
+        {"type": "function", "id": "call00001", "function": {
+            "name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+    {"role": "tool", "content": "18C sunny", "name": "get_weather", "tool_call_id": "call00001"},
     {"role": "assistant", "content": "It is 18C and sunny in Paris."}],
     "tools": [WEATHER_TOOL]}
 
@@ -42,12 +44,12 @@ WEATHER = {"messages": [
 PARALLEL = {"messages": [
     {"role": "user", "content": "Weather in Paris and Lyon?"},
     {"role": "assistant", "content": "Let me check both.", "tool_calls": [
-        {"type": "function", "function": {"name": "get_weather",
-                                          "arguments": '{"city": "Paris"}'}},
-        {"type": "function", "function": {"name": "get_weather",
-                                          "arguments": {"city": "Lyon"}}}]},
-    {"role": "tool", "content": "18C", "name": "get_weather"},
-    {"role": "tool", "content": "21C", "name": "get_weather"},
+        {"type": "function", "id": "call00002", "function": {
+            "name": "get_weather", "arguments": '{"city": "Paris"}'}},
+        {"type": "function", "id": "call00003", "function": {
+            "name": "get_weather", "arguments": '{"city": "Lyon"}'}}]},
+    {"role": "tool", "content": "18C", "name": "get_weather", "tool_call_id": "call00002"},
+    {"role": "tool", "content": "21C", "name": "get_weather", "tool_call_id": "call00003"},
     {"role": "assistant", "content": "Paris 18C, Lyon 21C."},
     {"role": "user", "content": "Thanks!"},
     {"role": "assistant", "content": "You are welcome."}],
@@ -56,9 +58,9 @@ PARALLEL = {"messages": [
 REASONING = {"messages": [
     {"role": "user", "content": "What is the weather in Paris?"},
     {"role": "assistant", "content": "", "reasoning_content": "I need the weather tool.",
-     "tool_calls": [{"type": "function", "function": {"name": "get_weather",
-                                                      "arguments": {"city": "Paris"}}}]},
-    {"role": "tool", "content": "18C sunny", "name": "get_weather"},
+     "tool_calls": [{"type": "function", "id": "call00004", "function": {
+         "name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+    {"role": "tool", "content": "18C sunny", "name": "get_weather", "tool_call_id": "call00004"},
     {"role": "assistant", "content": "It is 18C.", "reasoning_content": "Answer now."}],
     "tools": [WEATHER_TOOL]}
 
@@ -135,17 +137,24 @@ def _agentic_property(ctx, relevant, *, what, spec):
     tok = ctx.tokenizer()
 
     def run(convs):
+        from .engine import require_fits
+
+        require_fits(ctx, convs, tok)  # drawn conversations the template refuses: not judged
         note_unrendered(ctx, convs, tok)
         prop(convs)
 
     return run
 
 
-def _judge(ctx, relevant, *, what, spec, pinned, reasoning=True):
-    applicable(ctx, ctx.tokenizer())
+def _judge(ctx, relevant, *, what, spec, reasoning=True):
+    from .engine import agentic_inputs
+
+    tok = ctx.tokenizer()
+    applicable(ctx, tok)
+    fixtures = agentic_inputs(ctx, tok)  # the pinned fixtures the template renders
     run_property(ctx, agentic_batches(ctx, reasoning=reasoning),
                  _agentic_property(ctx, relevant, what=what, spec=spec),
-                 pinned=pinned, budget=0.6)
+                 special=fixtures, budget=0.6)
 
 
 # -- S13 ----------------------------------------------------------------------------------------
@@ -163,7 +172,6 @@ def check_tool_results_never_trained(ctx: Context) -> None:
         "environment returns",
         spec="tool results are never targets (a Qwen user turn, a Llama ipython header, "
         "Mistral's [TOOL_RESULTS], DeepSeek's tool outputs)",
-        pinned=[[WEATHER], [PARALLEL]],
         reasoning=False,
     )
 
@@ -183,7 +191,6 @@ def check_tool_call_turns_trained(ctx: Context) -> None:
         what="S14: a token of a tool-call turn is not trained (a call's name, arguments or "
         "wrapper, or the turn's end token)",
         spec="every rendered byte of every call and the turn's terminator are targets",
-        pinned=[[WEATHER], [PARALLEL]],
         reasoning=False,
     )
 
@@ -206,5 +213,4 @@ def check_reasoning_follows_the_rule(ctx: Context) -> None:
         "(trained inside a trained turn where the template renders it)",
         spec=f"reasoning rule {getattr(ctx.target, 'reasoning', 'template')!r}: reasoning "
         "rendered inside a trained assistant turn is trained",
-        pinned=[[REASONING]],
     )

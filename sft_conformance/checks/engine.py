@@ -139,12 +139,21 @@ def agentic_inputs(ctx: Context, tok) -> list:
 
     if renders_tools(tok):
         return []
+    from sft_conformance.reference import TemplateError
+
+    def renders(conv):
+        try:
+            build_example(conv, tok)
+            return True
+        except TemplateError:
+            return False
+
     batch = [c for c in (WEATHER, PARALLEL, REASONING)
-             if getattr(ctx.target, "multi_turn", True) or c is not PARALLEL]
+             if (getattr(ctx.target, "multi_turn", True) or c is not PARALLEL) and renders(c)]
     import copy
 
     batch = copy.deepcopy(batch)
-    if fits(ctx, batch, tok):
+    if batch and fits(ctx, batch, tok):
         ctx.notes.append(f"judged {len(batch)} pinned tool conversation(s) (a call and its "
                          "result, parallel calls, reasoning)")
         return [batch]
@@ -185,8 +194,25 @@ def fits(ctx, convs, tok) -> bool:
     )
 
 
+def require_renders(ctx, convs, tok) -> None:
+    """Judge only conversations the chat template renders: a template may refuse a drawn tool
+    conversation (Llama 3.1 on parallel calls, DeepSeek on dict arguments), which is the
+    template's rule, not the target's finding; counted with the reason."""
+    from sft_conformance.reference import TemplateError
+
+    if not any(isinstance(c, dict) for c in convs):
+        return
+    for c in convs:
+        try:
+            build_example(c, tok, policy=ctx.decl.turn_policy)
+        except TemplateError as exc:
+            require(ctx, False, f"the chat template refuses a drawn tool conversation "
+                                f"({str(exc).split(': ')[-1][:80]})")
+
+
 def require_fits(ctx, convs, tok) -> None:
     """Judge only conversations that fit ``max_length``; count the others with the reason."""
+    require_renders(ctx, convs, tok)
     if not fits(ctx, convs, tok):
         longest = max(len(build_example(c, tok, policy=ctx.decl.turn_policy)) for c in convs)
         require(
