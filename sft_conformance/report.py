@@ -226,7 +226,8 @@ def render_markdown(data: dict, command: str) -> str:
                                                          for i in ids) + f" | {hand_cell} |")
     if absent:
         lines.append(f"| {len(absent)} target(s) whose library is not installed here: every "
-                     "check skipped (listed under *Skipped and declared*) |" + " |" * len(ids))
+                     "check skipped (listed under *Skipped and declared*) |"
+                     + " |" * (len(ids) + 1))
     lines += ["", "Checks: " + "; ".join(f"{i} {names[i]}" for i in ids) + ".", "",
               *LEGEND, ""]
     if data.get("compared"):

@@ -271,3 +271,20 @@ def test_fixture_replays_a_recorded_corpus(pytester):
 
 
 pytest_plugins = ["pytester"]
+
+
+def test_version_strings_agree():
+    """The specification names the package version it is for; the package says the same."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    import sft_conformance
+
+    root = Path(__file__).resolve().parents[1]
+    spec = (root / "docs/specification.md").read_text(encoding="utf-8")
+    (for_version,) = re.findall(r"^Specification version \d+, for sft-conformance (\d+\.\d+)\.",
+                                spec, re.M)
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
+    assert project == sft_conformance.__version__
+    assert project.startswith(for_version + "."), (project, for_version)

@@ -56,6 +56,7 @@ def summary_table(run, width: int | None = 110) -> str:
 
 
 def run(args) -> int:
+    from sft_conformance import library_warnings
     from sft_conformance.cli import UsageError
     from sft_conformance.profiles import resolve
     from sft_conformance.runner import check_target, select_checks
@@ -67,15 +68,20 @@ def run(args) -> int:
     print(header(args.targets, args.tokenizer, args.profile), flush=True)
     runs = []
     for spec in args.targets:
-        result = check_target(spec, tokenizer=args.tokenizer, profile=args.profile,
-                              only=args.check, distributed=args.distributed,
-                              strict=args.strict, max_length=args.max_length)
+        with library_warnings.captured() as seen:  # summarised once, not once per call
+            result = check_target(spec, tokenizer=args.tokenizer, profile=args.profile,
+                                  only=args.check, distributed=args.distributed,
+                                  strict=args.strict, max_length=args.max_length)
         if result.error:
             # a configuration error: nothing was checked; one line, exit 2
             raise UsageError(f"{spec}: {result.error}")
         runs.append(result)
         print(f"== {result.target} (tokenizer {result.tokenizer}) ==")
         print(summary_table(result, width=None if args.quiet else 110))
+        warned = library_warnings.lines(library_warnings.summarise(seen))
+        if warned:
+            print("\nlibrary warnings (each message once, with its count):\n"
+                  + "\n".join(f"- {w}" for w in warned))
         if not args.quiet:
             for r in result.results:
                 if r.status in ("failed", "error"):
