@@ -276,7 +276,6 @@ pytest_plugins = ["pytester"]
 def test_version_strings_agree():
     """The specification names the package version it is for; the package says the same."""
     import re
-    import tomllib
     from pathlib import Path
 
     import sft_conformance
@@ -285,6 +284,153 @@ def test_version_strings_agree():
     spec = (root / "docs/specification.md").read_text(encoding="utf-8")
     (for_version,) = re.findall(r"^Specification version \d+, for sft-conformance (\d+\.\d+)\.",
                                 spec, re.M)
-    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
+    (project,) = re.findall(r'^version = "([^"]+)"', (root / "pyproject.toml").read_text(),
+                            re.M)
     assert project == sft_conformance.__version__
     assert project.startswith(for_version + "."), (project, for_version)
+
+
+# -- small ones ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["S4", "s4", "end_of_turn_trained", "S4-end_of_turn_trained",
+                                  " S4 "])
+def test_check_ids_in_every_form(name):
+    from sft_conformance.runner import select_checks
+
+    assert [c.id for c in select_checks([name])] == ["S4"]
+
+
+def test_check_accepts_the_id_pytest_prints(capsys):
+    assert main(["check", "reference", "--profile", "ci", "--check",
+                 "S4-end_of_turn_trained", "--check", "s2"]) == 0
+    out = capsys.readouterr().out
+    assert "S4 " in out and "S2 " in out and "S9 " not in out
+    assert main(["check", "reference", "--check", "S4-end_of_turn"]) == 2
+    one_line_error(capsys, "unknown check(s) S4-end_of_turn", "S4-end_of_turn_trained")
+
+
+def test_quiet_keeps_the_reason_whole(tmp_path, capsys):
+    (tmp_path / "long_22.py").write_text(textwrap.dedent('''
+        class Long:
+            name = "long"
+
+            def collate(self, conversations, tokenizer, max_length):
+                raise KeyError("a reason long enough to be cut at 110 characters by the "
+                               "table of the summary, which it must not be with -q: THE END")
+    '''))
+    assert main(["check", f"{tmp_path}/long_22.py:Long", "-q", *CHEAP]) == 1
+    assert "which it must not be with -q: THE END" in capsys.readouterr().out
+
+
+def test_bench_data_errors_name_file_and_line(tmp_path, capsys):
+    data = tmp_path / "chats.jsonl"
+    data.write_text('{"messages": [{"role": "user", "content": "a"}, '
+                    '{"role": "assistant", "content": "b"}]}\n\n{"messages": [oops]}\n')
+    assert main(["bench", "--data", str(data), "--n-examples", "2", "--no-plot",
+                 "--out", str(tmp_path / "out")]) == 2
+    one_line_error(capsys, f"{data}:3: not valid JSON")
+    data.write_text('{"messages": [{"role": "user", "content": "a"}]}\n')
+    assert main(["bench", "--data", str(data), "--no-plot", "--out", str(tmp_path)]) == 2
+    one_line_error(capsys, f"{data}:1:", "no assistant turn")
+
+
+def test_snapshot_of_a_target_whose_library_is_missing(tmp_path, capsys):
+    (tmp_path / "needs_22.py").write_text(textwrap.dedent('''
+        class Needs:
+            name = "needs"
+            requires = ("no_such_library_22",)
+            install_hint = "pip install 'sft-conformance[nothing]'"
+
+            def collate(self, conversations, tokenizer, max_length):
+                import no_such_library_22  # noqa: F401
+    '''))
+    assert main(["snapshot", f"{tmp_path}/needs_22.py:Needs", "--out",
+                 str(tmp_path / "s.json")]) == 2
+    one_line_error(capsys, "needs no_such_library_22 (not installed)",
+                   "pip install 'sft-conformance[nothing]'")
+
+
+# -- the main job's output -------------------------------------------------------------------------
+
+def test_report_writes_outside_the_committed_reports_and_says_where(tmp_path, monkeypatch,
+                                                                    capsys):
+    from sft_conformance import report
+
+    fake = {"generated": "now", "versions": {}, "profile": "ci", "tokenizer": None,
+            "machine": "m", "seconds": 1.0,
+            "runs": [{"spec": "reference", "target": "reference", "error": None,
+                      "checks": [{"id": "S2", "check": "first_response_token_trained",
+                                  "status": "passed", "message": ""}]}]}
+    monkeypatch.setattr(report, "run_matrix", lambda *a, **k: fake)
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", "reference"]) == 0
+    out = capsys.readouterr().out
+    written = tmp_path / "sft-conformance-reports" / "conformance.md"
+    assert written.is_file() and not (tmp_path / "reports").exists()
+    assert out.strip().splitlines()[-1].startswith(
+        "wrote sft-conformance-reports/conformance.md and "), out
+    assert "--out reports" in out.strip().splitlines()[-1]
+    assert main(["report", "reference", "--out", "reports"]) == 0
+    assert (tmp_path / "reports" / "conformance.md").is_file()
+    assert "wrote reports/conformance.md" in capsys.readouterr().out
+
+
+def test_report_help_says_it_runs_the_checks(capsys):
+    from sft_conformance.cli import COMMANDS
+
+    assert "rewrite reports/ from stored results" not in COMMANDS["report"]
+    assert "run every check" in COMMANDS["report"]
+    assert main(["report", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "sft-conformance-reports" in text and "--out reports" in text
+
+
+def test_library_warnings_are_summarised_once_per_row(monkeypatch, capsys):
+    """A library that warns on every call (TRL logs through accelerate's logger, transformers
+    through its own stderr handler, others with warnings.warn): one line per row and message."""
+    import logging
+    import warnings
+
+    from sft_conformance import report, runner
+
+    def noisy_check_target(spec, **kwargs):
+        for _ in range(708):
+            logging.getLogger("trl.trainer.sft_trainer").warning("[RANK 0] the end token is "
+                                                                 "not in the loss mask")
+        logging.getLogger("transformers.tokenization_utils_base").warning("slow path")
+        warnings.warn("deprecated thing", FutureWarning, stacklevel=1)
+        return runner.TargetRun(spec, spec, "chatml", "ci", error="stub")
+
+    monkeypatch.setattr(runner, "check_target", noisy_check_target)
+    lines = []
+    data = report.run_matrix(["noisy"], progress=lines.append)
+    err = capsys.readouterr().err
+    assert "RANK 0" not in err and "slow path" not in err and "deprecated" not in err, err
+    summary = data["runs"][0]["library_warnings"]
+    assert summary[0] == {"library": "trl", "count": 708,
+                          "message": "[RANK 0] the end token is not in the loss mask"}
+    assert {(w["library"], w["count"]) for w in summary[1:]} >= {("transformers", 1)}
+    assert "  trl warned 708 times: [RANK 0] the end token is not in the loss mask" in lines
+    md = report.render_markdown(data, "sft-conformance report")
+    assert "## Library warnings" in md and "trl warned 708 times" in md
+
+
+def test_rows_of_libraries_not_installed_fold_into_one_line():
+    from sft_conformance import report
+
+    def run(spec, status, message):
+        return {"spec": spec, "target": spec, "error": None,
+                "checks": [{"id": i, "check": "x", "status": status, "message": message}
+                           for i in ("S1", "S2")]}
+
+    hint = "needs litgpt (not installed): pip install litgpt"
+    data = {"generated": "now", "versions": {}, "profile": "ci", "tokenizer": None,
+            "machine": "m", "seconds": 1.0,
+            "runs": [run("reference", "passed", ""), run("litgpt-a", "skipped", hint),
+                     run("litgpt-b", "skipped", hint)]}
+    md = report.render_markdown(data, "sft-conformance report")
+    rows = [line for line in md.splitlines() if line.startswith("| ")]
+    assert not any("litgpt-a" in r for r in rows)
+    assert any(r.startswith("| 2 target(s) whose library is not installed here") for r in rows)
+    assert md.count(hint) == 1 and "`litgpt-a`, `litgpt-b`" in md
+    assert "textbook-seed000" in md and "hand loop" in md and "n/a" in md  # the legend
