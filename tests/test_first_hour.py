@@ -175,6 +175,13 @@ def test_snapshot_without_chat_template_exits_2(no_template, tmp_path, capsys):
     assert not out.exists()
 
 
+def test_report_without_chat_template_exits_2_before_any_row(no_template, tmp_path, capsys):
+    assert main(["report", "reference", "--tokenizer", str(no_template), "--out",
+                 str(tmp_path / "out")]) == 2
+    one_line_error(capsys, "has no chat template")
+    assert not (tmp_path / "out").exists()
+
+
 def test_plugin_without_chat_template_is_a_usage_error(no_template, pytester):
     result = pytester.runpytest("-p", "no:cacheprovider", "--sft-target", "reference",
                                 "--sft-tokenizer", str(no_template))

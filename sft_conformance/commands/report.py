@@ -97,12 +97,13 @@ def run(args) -> int:
         if unknown:
             raise UsageError(f"unknown target(s) {', '.join(unknown)}: see 'sft-conformance "
                              "targets'")
-        if args.tokenizer:
-            from sft_conformance.assets import load_tokenizer
+        if args.tokenizer:  # before any row runs: it loads and has a chat template
+            from sft_conformance.errors import ConfigurationError
+            from sft_conformance.validation import load_tokenizer
 
             try:
                 load_tokenizer(args.tokenizer)
-            except Exception as exc:
+            except ConfigurationError as exc:
                 raise UsageError(f"--tokenizer {args.tokenizer}: {exc}") from None
         stored = _stored_for_update(args, out) if getattr(args, "update", False) else None
         targets = args.targets or default_targets()
