@@ -98,6 +98,8 @@ def run_matrix(targets, *, profile="ci", tokenizer=None, progress=print) -> dict
         entry["seconds"] = round(time.perf_counter() - t0, 1)
         runs.append(entry)
         statuses = " ".join(f"{c['id']}:{c['status']}" for c in entry["checks"])
+        if _not_installed(entry):
+            statuses = "every check skipped, " + entry["checks"][0]["message"].splitlines()[0]
         progress(f"{spec}: {statuses or entry['error']} ({entry['seconds']}s)")
         for line in library_warnings.lines(entry["library_warnings"]):
             progress(f"  {line}")
