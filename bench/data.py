@@ -12,7 +12,6 @@ the benchmark are those of the *tokenized* conversations, measured after the cha
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections.abc import Sequence
@@ -101,22 +100,12 @@ def generate_conversations(profile: LengthProfile, n: int, tokenizer, seed: int 
 
 
 def load_jsonl(path: str | Path) -> list:
-    """Conversations from a JSONL file: each line a list of messages or ``{"messages": [...]}``."""
-    convs = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            obj = json.loads(line)
-            if isinstance(obj, dict):
-                obj = obj.get("messages", obj.get("conversations"))
-            if not isinstance(obj, list):
-                raise ValueError(f"{path}:{lineno}: expected a list of messages or an object "
-                                 "with a 'messages' list")
-            convs.append(obj)
-    if not convs:
-        raise ValueError(f"{path}: no conversations")
-    return convs
+    """Conversations from a JSONL file: each line a list of messages or ``{"messages": [...]}``,
+    read by the one loader of every command (``sft_conformance.snapshots.load_corpus``): a
+    malformed line is an error naming the file and the line."""
+    from sft_conformance.snapshots import load_corpus
+
+    return [item["messages"] for item in load_corpus(path)]
 
 
 @dataclass

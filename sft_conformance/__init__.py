@@ -11,7 +11,7 @@ from .target import Declared, TargetError, declared, load_target
 
 __all__ = ["Declared", "TargetError", "check_target", "declared", "load_target",
            "parametrize_checks", "CHECKS"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def __getattr__(name):  # keep ``import sft_conformance`` light (no torch until needed)

@@ -22,7 +22,9 @@ COMMANDS = {
     "targets": "list built-in targets",
     "check": "run the conformance checks S1-S12 on targets",
     "mutants": "run every mutant through the suite and print the kill table",
-    "report": "rewrite reports/ from stored results (conformance matrix)",
+    "report": "run every check on the built-in targets (or TARGETs) and write the conformance "
+              "matrix to --out (default sft-conformance-reports/); --from-json re-renders "
+              "stored results",
     "snapshot": "record the input ids and trained positions a target produces on a corpus",
     "diff": "compare two mask snapshots; exit 1 on any change unless --accept",
     "bench": "padding vs packing throughput benchmark",

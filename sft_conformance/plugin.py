@@ -193,29 +193,69 @@ def pytest_make_collect_report(collector):
 
 class SnapshotFixture:
     """``sft_snapshot.assert_match(target, path)``: the target's masks on the corpus must equal
-    the recorded snapshot; ``pytest --sft-update-snapshots`` records them instead."""
+    the recorded snapshot; ``pytest --sft-update-snapshots`` records them instead.
 
-    def __init__(self, update: bool):
+    The snapshot is replayed: ``corpus``, ``tokenizer`` and ``max_length`` default to those
+    it was recorded with (a relative corpus path is looked up from the current directory, the
+    snapshot's folder and the rootdir); pass them to record a new snapshot with other ones
+    (defaults: the bundled corpus, the target's tokenizer, 512). A change of masks, and a
+    snapshot that cannot be compared, fail the test with the diff table or the reason."""
+
+    def __init__(self, update: bool, rootpath=None):
         self.update = update
+        self.rootpath = rootpath
 
-    def assert_match(self, target, path, *, corpus=None, tokenizer=None, max_length=512):
+    def _corpus(self, recorded: str, path):
+        from pathlib import Path
+
+        if recorded.startswith("bundled:"):
+            return None
+        for base in (Path.cwd(), path.parent, self.rootpath):
+            if base is not None and (Path(base) / recorded).is_file():
+                return Path(base) / recorded
+        pytest.fail(f"sft_snapshot: {path} was recorded on the corpus {recorded}, which is not "
+                    "found from the current directory, the snapshot's folder or the rootdir: "
+                    "pass corpus=PATH", pytrace=False)
+
+    def assert_match(self, target, path, *, corpus=None, tokenizer=None, max_length=None):
         __tracebackhide__ = True
         from pathlib import Path
 
         from . import snapshots
+        from .errors import ConfigurationError
 
         path = Path(path)
-        with offline():
-            new = snapshots.take_snapshot(target, tokenizer=tokenizer, corpus=corpus,
-                                          max_length=max_length)
-        if self.update or not path.exists():
+        old, replayed = None, False
+        if path.exists():
+            try:
+                old = snapshots.load(path)
+            except ConfigurationError as exc:
+                pytest.fail(f"sft_snapshot: {exc}", pytrace=False)
+            if corpus is None:
+                corpus, replayed = self._corpus(old["corpus"], path), True
+            tokenizer = tokenizer or old["tokenizer"]["name"]
+            max_length = max_length or old["max_length"]
+        try:
+            with offline():
+                new = snapshots.take_snapshot(target, tokenizer=tokenizer, corpus=corpus,
+                                              max_length=max_length or 512)
+        except ConfigurationError as exc:
+            pytest.fail(f"sft_snapshot: {exc}", pytrace=False)
+        if replayed:
+            new["corpus"] = old["corpus"]  # the recorded corpus, found from here
+        if self.update or old is None:
             path.parent.mkdir(parents=True, exist_ok=True)
             snapshots.save(new, path)
             if not self.update:
                 pytest.fail(f"no snapshot at {path}: recorded one now; commit it and re-run",
                             pytrace=False)
             return
-        result = snapshots.diff(snapshots.load(path), new)
+        try:
+            result = snapshots.diff(old, new)
+        except ConfigurationError as exc:
+            pytest.fail(f"sft_snapshot: {path} cannot be compared with the target's masks: "
+                        f"{exc}. Re-record it with --sft-update-snapshots if that is intended.",
+                        pytrace=False)
         if not result.clean:
             from .assets import load_tokenizer
 
@@ -229,7 +269,8 @@ class SnapshotFixture:
 @pytest.fixture
 def sft_snapshot(request):
     """Snapshot gate for a collator's masks (see :class:`SnapshotFixture`)."""
-    return SnapshotFixture(request.config.getoption("--sft-update-snapshots"))
+    return SnapshotFixture(request.config.getoption("--sft-update-snapshots"),
+                           request.config.rootpath)
 
 
 def parametrize_checks(target, *, expected_failures: dict | None = None,

@@ -1,5 +1,6 @@
 """The conformance matrix: targets by checks, then every failure explained with its
-counterexample. Written to ``reports/conformance.md`` and ``reports/conformance.json``."""
+counterexample. Written to ``OUT/conformance.md`` and ``OUT/conformance.json`` (``--out``,
+default ``sft-conformance-reports/``; the repository's committed ones with ``--out reports``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import platform
 import time
 from pathlib import Path
 
+from . import library_warnings
 from .checks import CHECKS
 
 SYMBOL = {"passed": "✓", "failed": "✗ fail", "xfail": "xfail", "skipped": "–", "error": "error"}
@@ -78,28 +80,54 @@ def run_matrix(targets, *, profile="ci", tokenizer=None, progress=print) -> dict
     runs = []
     for spec in targets:
         t0 = time.perf_counter()
-        run = check_target(spec, profile=profile, tokenizer=tokenizer)
-        entry = run.to_json()
-        entry["convention"] = "target.forward (the library's trainer call)"
-        if run.error is None:
-            obj = load_target(spec)
-            d = declared(obj)
-            if d.has_forward and not d.missing:
-                hand = check_target(HandLoop(obj), profile=profile, tokenizer=tokenizer,
-                                    only=["S5", "S8"], spec=spec)
-                entry["hand_loop"] = [r.to_json() for r in hand.results]
-            else:
-                entry["convention"] = ("model(input_ids, attention_mask, position_ids), "
-                                       "default config (no forward declared)")
+        with library_warnings.captured() as seen:  # summarised once per row, not per call
+            run = check_target(spec, profile=profile, tokenizer=tokenizer)
+            entry = run.to_json()
+            entry["convention"] = "target.forward (the library's trainer call)"
+            if run.error is None:
+                obj = load_target(spec)
+                d = declared(obj)
+                if d.has_forward and not d.missing:
+                    hand = check_target(HandLoop(obj), profile=profile, tokenizer=tokenizer,
+                                        only=["S5", "S8"], spec=spec)
+                    entry["hand_loop"] = [r.to_json() for r in hand.results]
+                else:
+                    entry["convention"] = ("model(input_ids, attention_mask, position_ids), "
+                                           "default config (no forward declared)")
+        entry["library_warnings"] = library_warnings.summarise(seen)
         entry["seconds"] = round(time.perf_counter() - t0, 1)
         runs.append(entry)
         statuses = " ".join(f"{c['id']}:{c['status']}" for c in entry["checks"])
+        if _not_installed(entry):
+            statuses = "every check skipped, " + entry["checks"][0]["message"].splitlines()[0]
         progress(f"{spec}: {statuses or entry['error']} ({entry['seconds']}s)")
+        for line in library_warnings.lines(entry["library_warnings"]):
+            progress(f"  {line}")
     return {"generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "versions": library_versions(), "profile": profile, "tokenizer": tokenizer,
             "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores, "
                        f"{platform.system()}",
             "seconds": round(time.perf_counter() - started, 1), "runs": runs}
+
+
+#: what the rows and the last column of the matrix are
+LEGEND = [
+    "Rows: `reference`, `reference-shifted` and `reference-packed` are this project's reference "
+    "implementation (every check must pass in its own columns). `textbook-seed000` and "
+    "`textbook-seed003` are the code of the seed textbooks the specification started from, "
+    "kept as they were written: their failures are the bugs the checks exist for, not "
+    "regressions. Every other row is a library configuration, run through its adapter "
+    "(`sft-conformance targets` says what each one exercises).",
+    "",
+    "Model-level verdicts (S5, S8, S12) use the target's own `forward` (the call its library's "
+    "trainer makes) where it declares one. The last column, *S5/S8 hand loop*, re-runs S5 and S8 "
+    "as a hand-written loop calls the model: `model(input_ids, attention_mask, position_ids)` "
+    "with the default config. A ✗ there is no failure of the target: it says that its batches "
+    "are only right with its own `forward` (a block-diagonal mask or the flash-attention "
+    "arguments of packed rows, as for `reference-packed`), so a loop that calls the model "
+    "plainly lets packed documents attend to each other. `n/a`: the target declares no "
+    "`forward`, so its own columns already used the plain call.",
+]
 
 
 def _cell(check: dict) -> str:
@@ -186,7 +214,10 @@ def render_markdown(data: dict, command: str) -> str:
                for u in data.get("updates", [])], "",
              "| target | " + " | ".join(ids) + " | S5/S8 hand loop |",
              "|---|" + "---|" * len(ids) + "---|"]
+    absent = [run for run in data["runs"] if _not_installed(run)]
     for run in data["runs"]:
+        if run in absent:
+            continue  # folded into one line below the rows that ran
         if run.get("error"):
             lines.append(f"| {run['target']} | error: {run['error'][:80]} |" + " |" * len(ids))
             continue
@@ -195,11 +226,12 @@ def render_markdown(data: dict, command: str) -> str:
         hand_cell = " / ".join(_cell(hand[i]) for i in ("S5", "S8") if i in hand) or "n/a"
         lines.append(f"| `{run['spec']}` | " + " | ".join(_cell(by_id[i]) if i in by_id else ""
                                                          for i in ids) + f" | {hand_cell} |")
+    if absent:
+        lines.append(f"| {len(absent)} target(s) whose library is not installed here: every "
+                     "check skipped (listed under *Skipped and declared*) |"
+                     + " |" * (len(ids) + 1))
     lines += ["", "Checks: " + "; ".join(f"{i} {names[i]}" for i in ids) + ".", "",
-              "Model-level verdicts (S5, S8, S12) use the target's own `forward` (the call "
-              "its library's trainer makes) where it declares one; the last column re-runs S5 "
-              "and S8 as a hand-written loop calls the model: `model(input_ids, "
-              "attention_mask, position_ids)` with the default config.", ""]
+              *LEGEND, ""]
     if data.get("compared"):
         lines += ["## Compared with the bundled tokenizers", "",
                   "The bundled run is `conformance.json` beside this report; rows it could not "
@@ -208,8 +240,23 @@ def render_markdown(data: dict, command: str) -> str:
                   *data["compared"], ""]
     if data.get("notes"):
         lines += ["## Notes (confirmed by hand)", "", data["notes"].strip(), ""]
+    warned = [(run, library_warnings.lines(run["library_warnings"]))
+              for run in data["runs"] if run.get("library_warnings")]
+    if warned:
+        lines += ["## Library warnings", "",
+                  "What the libraries warned while their rows ran, once per row and message.", ""]
+        lines += [f"- `{run['spec']}`: " + "; ".join(text) for run, text in warned]
+        lines.append("")
     lines += ["## Skipped and declared", ""]
+    by_hint: dict[str, list[str]] = {}
+    for run in absent:
+        by_hint.setdefault(run["checks"][0]["message"].splitlines()[0], []).append(run["spec"])
+    for hint, specs in by_hint.items():
+        lines.append(f"- not installed here ({len(specs)}): "
+                     + ", ".join(f"`{s}`" for s in specs) + f": every check skipped: {hint}")
     for run in data["runs"]:
+        if run in absent:
+            continue
         grouped: dict[tuple[str, str], list[str]] = {}  # one line per reason, not per check
         for c in run.get("checks", []):
             if c["status"] in ("skipped", "xfail") and "no such capability" not in c["message"]:

@@ -106,31 +106,46 @@ def make_context(target, *, spec: str = "", tokenizer: str | None = None,
                    **({"max_length": max_length} if max_length else {}))
 
 
+def _check_keys(check: Check) -> set[str]:
+    return {check.id.lower(), check.name.lower(), f"{check.id}-{check.name}".lower()}
+
+
 def select_checks(only: list[str] | None = None) -> list[Check]:
-    """The checks named by ``only`` (ids or names), every check when empty; ConfigurationError
-    for a name that is no check."""
+    """The checks named by ``only``, every check when empty. A check is named by its id (``S4``,
+    ``s4``), its name (``end_of_turn_trained``) or both as pytest prints them
+    (``S4-end_of_turn_trained``); ConfigurationError for a name that is no check."""
     if not only:
         return list(CHECKS)
-    known = {c.id for c in CHECKS} | {c.name for c in CHECKS}
-    unknown = [o for o in only if o not in known]
+    wanted = {o.strip().lower() for o in only}
+    known = set().union(*(_check_keys(c) for c in CHECKS))
+    unknown = [o for o in only if o.strip().lower() not in known]
     if unknown:
         raise ConfigurationError(f"unknown check(s) {', '.join(unknown)}: expected ids "
-                                 f"{', '.join(c.id for c in CHECKS)} or check names")
-    return [c for c in CHECKS if c.id in only or c.name in only]
+                                 f"{', '.join(c.id for c in CHECKS)}, check names or "
+                                 "ID-name as pytest prints them (S4-end_of_turn_trained)")
+    return [c for c in CHECKS if _check_keys(c) & wanted]
 
 
 def preflight(ctx: Context) -> None:
-    """Configuration errors surface before any check runs: the tokenizer loads and the
-    declared option factories build targets."""
+    """Configuration errors surface before any check runs (sft_conformance.validation): the
+    tokenizer loads and has a chat template, collate takes (conversations, tokenizer,
+    max_length), a probe batch is well formed, and the declared option factories build
+    targets."""
+    from . import validation
+
     if ctx.decl.missing:
         return  # every check is skipped with the install hint
     try:
-        ctx.tokenizer()
+        tok = ctx.tokenizer()
     except ConfigurationError:
         raise
     except Exception as exc:
         raise ConfigurationError(f"tokenizer {ctx.tokenizer_name!r} does not load: "
                                  f"{type(exc).__name__}: {exc}") from exc
+    validation.tokenizer_ready(tok, ctx.tokenizer_name)
+    if ctx.decl.pad_equals_eos:
+        tok = ctx.tokenizer(pad_equals_eos=True)
+    validation.target_ready(ctx.target, ctx.decl, tok, max_length=ctx.max_length)
     for name, factory in ctx.decl.options.items():
         try:
             declared(factory())

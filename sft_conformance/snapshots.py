@@ -28,8 +28,10 @@ class SnapshotError(ConfigurationError, ValueError):
 
 
 def load_corpus(path: str | Path | None = None) -> list[dict]:
-    """Conversations of a JSONL file: one per line, ``{"messages": [...]}`` (optionally with a
-    ``name``) or a bare list of messages. A malformed line is an error naming the line."""
+    """Conversations of a JSONL file: one per line, ``{"messages": [...]}`` (or
+    ``{"conversations": [...]}``, optionally with a ``name``) or a bare list of messages. A
+    malformed line is an error naming the file and the line. The one JSONL loader of every
+    command (``snapshot --corpus``, the ``sft_snapshot`` fixture, ``bench --data``)."""
     from sft_conformance.reference import validate_conversation
 
     path = Path(path) if path else BUNDLED_CORPUS
@@ -44,8 +46,9 @@ def load_corpus(path: str | Path | None = None) -> list[dict]:
         except json.JSONDecodeError as exc:
             raise SnapshotError(f"{path}:{lineno}: not valid JSON ({exc.msg} at column "
                                 f"{exc.colno})") from None
-        messages = record.get("messages") if isinstance(record, dict) else record
-        if messages is None:
+        messages = record.get("messages", record.get("conversations")) \
+            if isinstance(record, dict) else record
+        if not isinstance(messages, list):
             raise SnapshotError(f"{path}:{lineno}: expected {{\"messages\": [...]}} or a list "
                                 "of messages")
         try:
@@ -72,26 +75,69 @@ def tokenizer_fingerprint(tokenizer) -> str:
 def take_snapshot(target, *, tokenizer: str | None = None, corpus: str | Path | None = None,
                   max_length: int = 512) -> dict:
     """Collate every corpus conversation alone and record its ids and canonical labels."""
+    return record(target, tokenizer=tokenizer, corpus=corpus, max_length=max_length)[0]
+
+
+@dataclass
+class Refusals:
+    """How many examples of a snapshot the target refused, and how many of those fit
+    ``max_length`` (the reference builds them within it: nothing forced the refusal)."""
+
+    total: int
+    refused: int
+    fitting: int
+    fitting_refused: int
+
+    def summary(self) -> str:
+        return f"{self.refused} of {self.total} examples refused"
+
+    @property
+    def all_fitting_refused(self) -> bool:
+        return self.fitting > 0 and self.fitting_refused == self.fitting
+
+
+def record(target, *, tokenizer: str | None = None, corpus: str | Path | None = None,
+           max_length: int = 512) -> tuple[dict, Refusals]:
+    """:func:`take_snapshot` and the count of its refusals. The setup is validated first
+    (sft_conformance.validation): the target's libraries, the tokenizer and its chat template,
+    the collate signature and a probe batch, each a one-line SnapshotError or TargetError."""
     from sft_conformance.reference import build_example
 
-    from .assets import load_tokenizer
+    from . import validation
     from .context import validate_batch
     from .target import declared, load_target
 
     obj = load_target(target)
     d = declared(obj)
+    if d.missing:
+        raise SnapshotError(f"target {d.name!r} needs {', '.join(d.missing)} (not installed)"
+                            + (f": {d.install_hint}" if d.install_hint else ""))
     tok_name = tokenizer or d.tokenizer
     try:
-        tok = load_tokenizer(tok_name)
-    except Exception as exc:
-        raise SnapshotError(f"tokenizer {tok_name!r} does not load: {exc}") from None
+        tok = validation.load_tokenizer(tok_name)
+    except SnapshotError:
+        raise
+    except ConfigurationError as exc:
+        raise SnapshotError(str(exc)) from None
     conversations = load_corpus(corpus)
-    examples = []
+    validation.target_ready(obj, d, tok, max_length=max_length)
+    examples, fitting, fitting_refused = [], 0, 0
     for i, item in enumerate(conversations):
         conv = item["messages"]
         try:
+            fits = len(build_example(conv, tok).input_ids) <= max_length
+        except Exception:
+            fits = False  # the reference refuses it too
+        fitting += fits
+        try:
             out = obj.collate([conv], tok, max_length)
+        except validation.PROGRAMMING_ERRORS as exc:
+            raise SnapshotError(f"{corpus or 'the bundled corpus'}, example {i} "
+                                f"({item['name']}): target {d.name!r}'s collate raised "
+                                f"{type(exc).__name__}: {exc}: a bug of the adapter, not a "
+                                "refusal") from None
         except Exception as exc:  # a refusal (e.g. an empty assistant message) is recorded
+            fitting_refused += fits
             examples.append({"index": i, "name": item["name"], "input_ids": [], "labels": [],
                              "refused": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]})
             continue
@@ -105,12 +151,14 @@ def take_snapshot(target, *, tokenizer: str | None = None, corpus: str | Path | 
         ids = batch["input_ids"][seg.row, seg.start:seg.stop].tolist()
         labels = canonical_labels(batch, seg, labels_shifted=d.labels_shifted)
         examples.append({"index": i, "name": item["name"], "input_ids": ids, "labels": labels})
-    return {"format": FORMAT, "version": VERSION, "target": d.name,
-            "target_spec": target if isinstance(target, str) else d.name,
-            "tokenizer": {"name": tok_name, "fingerprint": tokenizer_fingerprint(tok)},
-            "max_length": max_length,
-            "corpus": str(corpus) if corpus else "bundled:snapshot_corpus.jsonl",
-            "examples": examples}
+    snapshot = {"format": FORMAT, "version": VERSION, "target": d.name,
+                "target_spec": target if isinstance(target, str) else d.name,
+                "tokenizer": {"name": tok_name, "fingerprint": tokenizer_fingerprint(tok)},
+                "max_length": max_length,
+                "corpus": str(corpus) if corpus else "bundled:snapshot_corpus.jsonl",
+                "examples": examples}
+    refused = sum(1 for e in examples if e.get("refused"))
+    return snapshot, Refusals(len(examples), refused, fitting, fitting_refused)
 
 
 def dumps(snapshot: dict) -> str:

@@ -193,10 +193,16 @@ def _cwd_first() -> None:
 
 def _import_file(path: str):
     """Import ``path/to/file.py`` as a module registered in ``sys.modules`` before it runs (so
-    dataclasses, pickling and ``from __future__ import annotations`` work in it)."""
+    dataclasses, pickling and ``from __future__ import annotations`` work in it). The file's
+    directory is importable while it runs and after, as ``python path/to/file.py`` has it: the
+    adapter imports its sibling modules."""
     file = Path(path).resolve()
     if not file.is_file():
         raise ImportError(f"no such file: {path}")
+    folder = str(file.parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+        importlib.invalidate_caches()
     name = "_sft_target_" + re.sub(r"\W", "_", file.stem) + f"_{abs(hash(str(file))):x}"
     if name in sys.modules:
         return sys.modules[name]

@@ -92,17 +92,26 @@ def test_configuration_errors_exit_2(tmp_path, capsys):
     assert main([]) == 2
 
 
-def test_bad_batches_are_errors_naming_target_check_and_example(tmp_path, capsys):
+def test_a_target_that_raises_on_trainable_data_fails_naming_check_and_example(tmp_path,
+                                                                              capsys):
     path = _adapter(tmp_path)
-    code = main(["check", f"{path}:WrongShape", f"{path}:Raises", "--profile", "ci",
-                 "--check", "S1"])
+    code = main(["check", f"{path}:Raises", "--profile", "ci", "--check", "S1"])
     text = capsys.readouterr().out
     assert code == 1
-    assert "target 'wrong-shape', check S1" in text and "has shape" in text
-    assert "on conversations:" in text
     # a target that raises on trainable data refused it: S1's finding, with what was lost
     assert "S1: the target refused a batch that has tokens to train" in text
     assert "KeyError: 'prompt'" in text and "trainable token" in text
+    assert "example 0" in text and "Reproduce:" in text
+
+
+def test_a_malformed_batch_is_a_configuration_error(tmp_path, capsys):
+    """The specification's exit code 2 for a malformed batch: the probe batch is validated
+    before any check runs, one line naming the target, the key and the shape."""
+    path = _adapter(tmp_path)
+    assert main(["check", f"{path}:WrongShape", "--profile", "ci", "--check", "S1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "target 'wrong-shape'" in err and "has shape" in err and "malformed batch" in err
 
 
 def test_targets_lists_builtins(capsys):

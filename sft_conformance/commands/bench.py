@@ -53,7 +53,9 @@ def add_arguments(parser) -> None:
                         help="attention of the packed and padding-free layouts (default auto: "
                         "flash-attn, else torch varlen_attn, else FlexAttention on CUDA; sdpa "
                         "block-causal on CPU)")
-    parser.add_argument("--out", default="reports/bench", help="report directory")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="report directory (default sft-conformance-reports/bench; the "
+                             "committed reports are rewritten only with --out reports/bench)")
     parser.add_argument("--name", help="report file stem (default PRESET-DEVICE)")
     parser.add_argument("--json", help="also write the results JSON here")
     parser.add_argument("--no-plot", action="store_true")
@@ -75,7 +77,13 @@ def run(args) -> int:
 
     from sft_conformance.bench import compare as gate
     from sft_conformance.cli import UsageError
+    from sft_conformance.output import default_out
+    from sft_conformance.validation import require_modules
 
+    args.out = args.out or default_out("bench")
+    writes = not args.results or args.render
+    if writes and not args.no_plot:  # before any step runs: the plot is written last
+        require_modules("bench", {"matplotlib": "bench"}, alternative="pass --no-plot")
     baseline = None
     if args.compare:
         if not os.path.exists(args.compare):

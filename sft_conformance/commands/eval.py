@@ -1,7 +1,8 @@
 """``sft-conformance eval``: post-SFT evaluation through lm-eval.
 
 Without ``--model``/``--before``: the seed-001 collator ablation (train a tiny Llama per variant
-and seed on CPU, evaluate it during training and through lm-eval), written to ``reports/eval/``.
+and seed on CPU, evaluate it during training and through lm-eval).
+Reports go to ``--out`` (default ``sft-conformance-reports/eval``).
 With ``--model PATH --tasks ...``: lm-eval on a local checkpoint. With ``--before PATH --after
 PATH --tasks ...``: both, and the per-task deltas (forgetting shows up as negative deltas).
 Exit 0 on success, 1 when lm-eval and the in-training evaluation disagree (or, with ``--strict``,
@@ -52,7 +53,9 @@ def add_arguments(parser) -> None:
                    help="rewrite a stored ablation (its .md, .json and .png) without training: "
                         "with --budget (a step of its curves), --notes, and the suite run on "
                         "variants that have no verdicts yet (unless --no-checks)")
-    a.add_argument("--out", default="reports/eval", help="report folder (default reports/eval)")
+    a.add_argument("--out", default=None, metavar="DIR",
+                   help="report folder (default sft-conformance-reports/eval; the committed "
+                        "reports are rewritten only with --out reports/eval)")
     a.add_argument("--strict", action="store_true",
                    help="exit 1 when the expected ordering of the variants does not hold")
     parser.add_argument("--threads", type=int, default=None,
@@ -91,8 +94,17 @@ def run(args) -> int:
     import torch
 
     from sft_conformance.cli import UsageError
+    from sft_conformance.output import default_out
+    from sft_conformance.validation import require_modules
 
     checkpoints = bool(args.model or args.before or args.after)
+    args.out = args.out or default_out("eval")
+    # before any model is trained or loaded: lm-eval, its datasets, and the plot
+    if checkpoints or not (args.no_lm_eval or args.from_json):
+        require_modules("eval", {"lm_eval": "eval", "datasets": "eval"},
+                        alternative="" if checkpoints else "pass --no-lm-eval")
+    if not checkpoints:
+        require_modules("eval", {"matplotlib": "eval"})
     threads = args.threads or (None if checkpoints else 1)
     previous = torch.get_num_threads()
     if threads:

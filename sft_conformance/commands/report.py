@@ -1,5 +1,7 @@
 """``sft-conformance report``: the conformance matrix of the reference, the textbook targets and
-the library adapters installed here, written to reports/conformance.{md,json}."""
+the library adapters installed here: every check run on every target, written to
+``--out``/conformance.{md,json} (default ``sft-conformance-reports/``; the repository's committed
+``reports/`` only with ``--out reports``)."""
 
 from __future__ import annotations
 
@@ -21,10 +23,14 @@ def add_arguments(parser) -> None:
                         help="targets to include (default: every built-in target but the "
                              "mutants and the "
                              "correct-but-different catalogue)")
-    parser.add_argument("--out", default="reports", metavar="DIR", help="default: reports/")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="where conformance.{md,json} go (default: sft-conformance-reports/ "
+                             "in the current directory; --out reports rewrites the repository's "
+                             "committed reports)")
     parser.add_argument("--profile", choices=("ci", "dev", "thorough"), default="ci")
     parser.add_argument("--from-json", metavar="PATH",
-                        help="rewrite the Markdown from stored results instead of running")
+                        help="re-render the Markdown of stored results (a conformance.json) "
+                             "instead of running the checks")
     parser.add_argument("--tokenizer", default=None, metavar="NAME|PATH",
                         help="run every target with this tokenizer (a real family: see "
                              "'targets --tokenizers'); writes conformance-NAME.{md,json} and "
@@ -38,12 +44,13 @@ def add_arguments(parser) -> None:
                              "command and lists the re-run")
     parser.add_argument("--library", default=None, metavar="NAME",
                         help="the targets of one library adapter (litgpt, verl, ...; run it in "
-                             "the library's tox environment), written to reports/NAME/ unless "
-                             "--out is given")
+                             "the library's tox environment), written to OUT/NAME/ (--out "
+                             "reports/NAME: the committed one, with its findings.md)")
 
 
 def run(args) -> int:
     from sft_conformance import report
+    from sft_conformance.output import default_out
 
     command = "sft-conformance " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if not sys.argv[1:] or sys.argv[1] != "report":  # called from Python, not the command line
@@ -51,7 +58,7 @@ def run(args) -> int:
         for flag, value in (("--tokenizer", args.tokenizer), ("--notes", args.notes),
                             ("--library", getattr(args, "library", None)),
                             ("--profile", args.profile if args.profile != "ci" else None),
-                            ("--out", args.out if args.out != "reports" else None)):
+                            ("--out", args.out)):
             if value:
                 parts.append(f"{flag} {shlex.quote(value)}")
         if getattr(args, "update", False):
@@ -65,12 +72,14 @@ def run(args) -> int:
             raise UsageError(f"unknown library {args.library!r}: one of "
                              f"{', '.join(LIBRARIES)}")
         args.targets = list(args.targets) or library_targets(args.library)
-        if args.out == "reports":
-            args.out = f"reports/{args.library}"
-        findings = Path(args.out) / "findings.md"  # the library's hand-confirmed findings
-        if not args.notes and findings.is_file():
-            args.notes = str(findings)
-    out = Path(args.out)
+        if not args.out:
+            args.out = default_out(args.library)
+        # the library's hand-confirmed findings: beside the report, else the committed ones
+        for findings in (Path(args.out) / "findings.md",
+                         Path("reports") / args.library / "findings.md"):
+            if not args.notes and findings.is_file():
+                args.notes = str(findings)
+    out = Path(args.out or default_out())
     if args.from_json:
         from sft_conformance.cli import UsageError
 
@@ -88,12 +97,13 @@ def run(args) -> int:
         if unknown:
             raise UsageError(f"unknown target(s) {', '.join(unknown)}: see 'sft-conformance "
                              "targets'")
-        if args.tokenizer:
-            from sft_conformance.assets import load_tokenizer
+        if args.tokenizer:  # before any row runs: it loads and has a chat template
+            from sft_conformance.errors import ConfigurationError
+            from sft_conformance.validation import load_tokenizer
 
             try:
                 load_tokenizer(args.tokenizer)
-            except Exception as exc:
+            except ConfigurationError as exc:
                 raise UsageError(f"--tokenizer {args.tokenizer}: {exc}") from None
         stored = _stored_for_update(args, out) if getattr(args, "update", False) else None
         targets = args.targets or default_targets()
@@ -112,12 +122,14 @@ def run(args) -> int:
         except OSError as exc:
             raise UsageError(f"--notes {args.notes}: {exc}") from None
     if data.get("tokenizer"):
-        baseline = report.bundled_baseline(out)
+        # the bundled run beside this report, else the repository's committed one
+        baseline = report.bundled_baseline(out) or report.bundled_baseline(Path("reports"))
         if baseline is not None:
             data["compared"] = report.compare_with(data, baseline)
     md, js = report.write(data, out, command)
-    print(f"\nwrote {md} and {js}")
     print(report.render_markdown(dict(data, command=command), command).split("\n## ")[0])
+    print(f"wrote {md} and {js}" + ("" if args.out else
+                                     " (--out reports rewrites the committed reports)"))
     return 0
 
 
