@@ -168,7 +168,7 @@ def agentic_conversations(draw, *, max_rounds: int = 2, reasoning: bool = True,
         call_msg["content"] = {"empty": "", "none": None,
                                "text": call_msg["content"] or "let me check"}[beside]
         messages.append(call_msg)
-        for k, call in enumerate(calls):
+        for call in calls:
             messages.append({"role": "tool", "content": draw(content),
                              "name": call["function"]["name"], "tool_call_id": call["id"]})
     messages.append(answer())

@@ -1,6 +1,7 @@
 """Agentic conversations on the bundled templates (issue 23, item 2): tools, tool calls, tool
-results and reasoning render as the public templates do, pinned by golden strings (the ones
-``../shared/AGENTIC.md`` §3 gives are quoted as given), and the ``-generation`` variants tag what
+results and reasoning render as the public templates do, pinned by golden strings (the public
+templates' renderings of the standard example, quoted as rendered), and the ``-generation``
+variants tag what
 the assistant produces: content, calls with their wrappers, reasoning and the turn's end token;
 never a header, a tool result or prompt-side scaffolding.
 

@@ -20,7 +20,8 @@ OK = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello
 @pytest.mark.parametrize("conv, field, words", [
     ([{"role": "bot", "content": "x"}, OK[1]], "messages[0].role", "unknown role 'bot'"),
     ([OK[0], {"role": "assistant", "content": 3}], "messages[1].content", "must be a string"),
-    ([OK[0], {"role": "assistant", "content": None}], "messages[1].content", "NoneType"),
+    ([OK[0], {"role": "assistant", "content": None}], "messages[1].content",
+     "only an assistant message with tool_calls may have no content"),
     ([], "conversation", "empty"),
     ([OK[0]], "conversation", "no assistant turn"),
     ([OK[0], {"role": "assistant"}], "messages[1]", "missing key 'content'"),
