@@ -100,12 +100,13 @@ def generate_conversations(profile: LengthProfile, n: int, tokenizer, seed: int 
 
 
 def load_jsonl(path: str | Path) -> list:
-    """Conversations from a JSONL file: each line a list of messages or ``{"messages": [...]}``,
-    read by the one loader of every command (``sft_conformance.snapshots.load_corpus``): a
-    malformed line is an error naming the file and the line."""
-    from sft_conformance.snapshots import load_corpus
+    """Conversations from a JSONL file: each line a list of messages or ``{"messages": [...]}``
+    (with its ``tools`` when it has some), read by the one loader of every command
+    (``sft_conformance.snapshots.load_corpus``): a malformed line is an error naming the file
+    and the line."""
+    from sft_conformance.snapshots import conversation_of, load_corpus
 
-    return [item["messages"] for item in load_corpus(path)]
+    return [conversation_of(item) for item in load_corpus(path)]
 
 
 @dataclass

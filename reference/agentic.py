@@ -187,6 +187,14 @@ class Locator:
             tail = prompt[prev_in_prompt[1]:]
             if self.text.startswith(tail, prev[1]):
                 return prev[1] + len(tail)
+            # the whole rendering goes on differently (DeepSeek's second tool round does not
+            # close the outputs block): the prompt side is as much of inference's as it shares
+            common = 0
+            while (common < len(tail) and prev[1] + common < len(self.text)
+                   and self.text[prev[1] + common] == tail[common]):
+                common += 1
+            if common:
+                return prev[1] + common
         here = self.region(j)
         start = here[0] if here else len(self.text)
         generation = prompt[len(self._render(self.messages[:j], False)):] \

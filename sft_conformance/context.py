@@ -34,6 +34,7 @@ class Context:
     spec: str = ""  # how the user named the target (for the reproduction snippet)
     profile: str = "ci"
     max_length: int = 512
+    max_length_given: bool = False  # the user chose max_length (else checks may adapt it)
     seed: int = 0
     shrink: bool = True
     distributed: bool = False

@@ -804,12 +804,32 @@ KILLS = {
     "mutant-reasoning-masked": "S15",
 }
 
+#: the mutants of tool conversations and reasoning (their checks need a template with tools)
+AGENTIC = ("mutant-tool-results-trained", "mutant-tool-call-arguments-masked",
+           "mutant-tool-call-end-untrained", "mutant-tools-not-passed-to-template",
+           "mutant-reasoning-masked")
+
 BUGS = {cls.name: (cls.__doc__ or "").strip().replace("\n    ", " ") for cls in _ALL}
 
 
 def not_applicable(name: str, tokenizer) -> str | None:
     """Why mutant ``name``'s bug cannot occur under ``tokenizer`` (None when it can): the
     mutant x tokenizer table says so instead of counting a survivor."""
+    if name in AGENTIC:
+        from .checks.agentic import REASONING, WEATHER, renders_tools
+        from .reference.agentic import render
+
+        why = renders_tools(tokenizer)
+        if why:
+            return why
+        if name == "mutant-tools-not-passed-to-template" and (
+                render(tokenizer, WEATHER["messages"], WEATHER["tools"])
+                == render(tokenizer, WEATHER["messages"])):
+            return ("the template renders no tool schemas (DeepSeek's), so leaving tools out "
+                    "changes nothing")
+        if name == "mutant-reasoning-masked" and "I need the weather tool." not in render(
+                tokenizer, REASONING["messages"], REASONING["tools"]):
+            return "the template renders no reasoning, so there is none to mask"
     if name == "mutant-tokenizes-with-special-tokens":
         probe = "hi"
         if (tokenizer(probe)["input_ids"]

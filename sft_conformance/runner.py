@@ -103,7 +103,8 @@ def make_context(target, *, spec: str = "", tokenizer: str | None = None,
                    tokenizer_name=effective_tokenizer(tokenizer, decl.tokenizer),
                    spec=spec or decl.name, profile=name, shrink=shrink,
                    distributed=distributed, strict=strict,
-                   **({"max_length": max_length} if max_length else {}))
+                   **({"max_length": max_length, "max_length_given": True}
+                      if max_length else {}))
 
 
 def _check_keys(check: Check) -> set[str]:
@@ -165,8 +166,23 @@ def iter_checks(target, *, spec: str = "", tokenizer: str | None = None,
     ctx = make_context(target, spec=spec, tokenizer=tokenizer, profile=profile, shrink=shrink,
                        distributed=distributed, strict=strict, max_length=max_length)
     preflight(ctx)
+    adapt_max_length(ctx)
     for check in checks:
         yield ctx, check
+
+
+def adapt_max_length(ctx: Context) -> None:
+    """For a target that declares ``tools``, on a template that renders them, and no
+    ``max_length`` chosen: the template's fixed text with the drawn tool schemas, measured,
+    plus a budget for the turns (docs/specification.md#agentic), so that every check judges
+    without ``--max-length``; never below the default."""
+    if ctx.max_length_given or not ctx.decl.tools or ctx.decl.missing:
+        return
+    from .checks.agentic import adapted_max_length, renders_tools
+
+    tok = ctx.tokenizer()
+    if renders_tools(tok) is None:
+        ctx.max_length = adapted_max_length(ctx, tok)
 
 
 def run_check(ctx: Context, check: Check) -> CheckResult:

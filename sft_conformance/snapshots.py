@@ -29,7 +29,8 @@ class SnapshotError(ConfigurationError, ValueError):
 
 def load_corpus(path: str | Path | None = None) -> list[dict]:
     """Conversations of a JSONL file: one per line, ``{"messages": [...]}`` (or
-    ``{"conversations": [...]}``, optionally with a ``name``) or a bare list of messages. A
+    ``{"conversations": [...]}``, optionally with a ``name`` and the ``tools`` offered) or a
+    bare list of messages. A
     malformed line is an error naming the file and the line. The one JSONL loader of every
     command (``snapshot --corpus``, the ``sft_snapshot`` fixture, ``bench --data``)."""
     from sft_conformance.reference import validate_conversation
@@ -51,16 +52,26 @@ def load_corpus(path: str | Path | None = None) -> list[dict]:
         if not isinstance(messages, list):
             raise SnapshotError(f"{path}:{lineno}: expected {{\"messages\": [...]}} or a list "
                                 "of messages")
+        tools = record.get("tools") if isinstance(record, dict) else None
         try:
-            validate_conversation(messages, index=len(out))
+            validate_conversation({"messages": messages, "tools": tools} if tools
+                                  else messages, index=len(out))
         except ValueError as exc:
             raise SnapshotError(f"{path}:{lineno}: {exc}") from None
         name = record.get("name", f"line {lineno}") if isinstance(record, dict) else \
             f"line {lineno}"
-        out.append({"name": name, "messages": messages})
+        out.append({"name": name, "messages": messages, **({"tools": tools} if tools else {})})
     if not out:
         raise SnapshotError(f"corpus {path} holds no conversation")
     return out
+
+
+def conversation_of(item: dict):
+    """The conversation of a corpus item as targets get it: its messages, with its tools when
+    it has some (``{"messages", "tools"}``)."""
+    from sft_conformance.reference.conversation import join
+
+    return join(item["messages"], item.get("tools"))
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -123,7 +134,7 @@ def record(target, *, tokenizer: str | None = None, corpus: str | Path | None = 
     validation.target_ready(obj, d, tok, max_length=max_length)
     examples, fitting, fitting_refused = [], 0, 0
     for i, item in enumerate(conversations):
-        conv = item["messages"]
+        conv = conversation_of(item)
         try:
             fits = len(build_example(conv, tok).input_ids) <= max_length
         except Exception:

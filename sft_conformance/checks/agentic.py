@@ -146,11 +146,50 @@ def _agentic_property(ctx, relevant, *, what, spec):
     return run
 
 
+#: tokens the drawn turns may take beyond the template's fixed text with the tool schemas
+TURN_BUDGET = 512
+
+
+def preamble_length(tok) -> int:
+    """Tokens of the fixed text the template renders for the largest drawn set of tool schemas
+    (three tools) around a one-word exchange: the system prompt of tools alone can be thousands
+    of tokens on a real template."""
+    from sft_conformance.reference.agentic import render
+
+    from ..strategies import _ARG_NAMES, _TOOL_NAMES
+
+    tools = [{"type": "function", "function": {
+        "name": name, "description": f"{name.replace('_', ' ')} tool",
+        "parameters": {"type": "object", "properties": {p: {"type": "string"}
+                                                        for p in _ARG_NAMES[:2]},
+                       "required": list(_ARG_NAMES[:1])}}}
+        for name in sorted(_TOOL_NAMES, key=len, reverse=True)[:3]]
+    conv = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
+    try:
+        return len(tok(render(tok, conv, tools), add_special_tokens=False)["input_ids"])
+    except Exception:
+        return 0
+
+
+def adapted_max_length(ctx, tok) -> int:
+    """The max_length the agentic checks judge with: the user's, when given; else the
+    template's fixed text with the tools, measured, plus a budget for the drawn turns, so that
+    a long preamble does not leave every draw over-long (never below the default)."""
+    if ctx.max_length_given:
+        return ctx.max_length
+    return max(ctx.max_length, preamble_length(tok) + TURN_BUDGET)
+
+
 def _judge(ctx, relevant, *, what, spec, reasoning=True):
     from .engine import agentic_inputs
 
     tok = ctx.tokenizer()
     applicable(ctx, tok)
+    if not ctx.max_length_given:  # adapted by the runner (runner.adapt_max_length)
+        ctx.notes.append(f"max_length {ctx.max_length}: the template's fixed text with three "
+                         f"tool schemas ({preamble_length(tok)} tokens) plus {TURN_BUDGET} for "
+                         "the drawn turns, at least the default 512 (pass --max-length to "
+                         "choose)")
     fixtures = agentic_inputs(ctx, tok)  # the pinned fixtures the template renders
     run_property(ctx, agentic_batches(ctx, reasoning=reasoning),
                  _agentic_property(ctx, relevant, what=what, spec=spec),

@@ -687,11 +687,70 @@ class PerTurn(Plain):
         return kept
 
 
+def _tagged_template(tokenizer) -> str | None:
+    """The ``{% generation %}``-tagged twin of a bundled template (same rendering, tags around
+    what the assistant produces), found by the tokenizer's bundled name."""
+    from sft_conformance.assets import TEMPLATES
+    from sft_conformance.assets.families import FAMILIES
+
+    name = str(getattr(tokenizer, "name_or_path", "")).removeprefix("sft-conformance/")
+    name = name.split("+")[0]
+    tagged = f"{name}-generation"
+    if tagged in TEMPLATES:
+        return TEMPLATES[tagged].source
+    if tagged in FAMILIES:
+        return FAMILIES[tagged].template
+    return None
+
+
+class AgenticGenerationTags(Plain):
+    """Tool conversations labelled by the tagged twin of the template
+    (apply_chat_template(..., tools=..., return_assistant_tokens_mask=True), as TRL's
+    assistant_only_loss does), the ids from the plain template; no reference code."""
+
+    name = "correct-agentic-generation-tags"
+    tokenizer = "chatml-tools"
+    tools = True
+    reasoning = "template"
+
+    def examples(self, conversations, tokenizer, max_length):
+        from sft_conformance.assets import copy_tokenizer
+
+        source = _tagged_template(tokenizer)
+        if source is None:
+            raise ValueError(f"no tagged twin of {tokenizer.name_or_path!r}'s template")
+        tagged = copy_tokenizer(tokenizer)
+        tagged.chat_template = source
+        kept = []
+        for conv in conversations:
+            messages, tools = (conv["messages"], conv.get("tools")) if isinstance(conv, dict) \
+                else (conv, None)
+            kwargs = {"tools": tools} if tools else {}
+            out = tagged.apply_chat_template(list(messages), tokenize=True, return_dict=True,
+                                             return_assistant_tokens_mask=True, **kwargs)
+            ids, mask = list(out["input_ids"]), [bool(m) for m in out["assistant_masks"]]
+            turns = []
+            for t, m in enumerate(mask):
+                if m and (t == 0 or not mask[t - 1]):
+                    turns.append([t, t + 1, None])
+                elif m:
+                    turns[-1][1] = t + 1
+            special = _special_ids(tokenizer)
+            turns = [(a, b, b - 1 if ids[b - 1] in special else None) for a, b, _ in turns]
+            ex = _fit(_Encoded(ids, mask, turns), max_length, self.overlong)
+            if ex is not None:
+                kept.append(ex)
+        if not kept:
+            raise NoTrainedPositionError("nothing to train: every example was left out",
+                                         field="conversations")
+        return kept
+
+
 _ALL = [Plain, OwnException, PadToMultipleOf8, BaseModelEos, Bf16Autocast, RightPadAllOnesMask,
         LeftPadding, LengthGrouped, NoAttentionMask, PackedUndeclared, PaddingFree, Shifted,
         SumOverCount, Float32Loss, TrainsAfterEotUnused, LastTurnOnly, DropOverlong,
         TruncatePrompt,
-        TruncateEnd, Llama3, WithOptions, PerTurn]
+        TruncateEnd, Llama3, WithOptions, PerTurn, AgenticGenerationTags]
 
 REGISTRY = {cls.name: f"{__name__}:{cls.__name__}" for cls in _ALL}
 
