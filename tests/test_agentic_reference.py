@@ -166,3 +166,30 @@ def _mistral_ids(conv):
         for n, call in enumerate(m.get("tool_calls") or []):
             call["id"] = f"c{k:03d}{n:04d}"[:9]
     return conv
+
+
+def test_snapshot_records_a_tool_conversation(tmp_path):
+    """The issue's first try: `snapshot reference --corpus tools.jsonl --tokenizer qwen2.5`
+    records the call trained and the tool result untrained (it exited 2 on role 'tool')."""
+    import json
+
+    from sft_conformance.cli import main
+
+    tok = _tok("qwen2.5")
+    record = {"name": "weather", "messages": [
+        {"role": "user", "content": "What is the weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"type": "function", "function": {
+            "name": "get_weather", "arguments": {"city": "Paris"}}}]},
+        {"role": "tool", "content": "18C sunny", "name": "get_weather"},
+        {"role": "assistant", "content": "It is 18C and sunny in Paris."}],
+        "tools": WEATHER["tools"]}
+    corpus = tmp_path / "tools.jsonl"
+    corpus.write_text(json.dumps(record) + "\n")
+    out = tmp_path / "masks.json"
+    assert main(["snapshot", "reference", "--corpus", str(corpus), "--tokenizer", "qwen2.5",
+                 "--out", str(out)]) == 0
+    (ex,) = json.loads(out.read_text())["examples"]
+    trained = tok.decode([i for i, lab in zip(ex["input_ids"], ex["labels"]) if lab != -100])
+    assert "get_weather" in trained and "Paris" in trained and "<|im_end|>" in trained
+    assert "18C sunny" not in trained and "It is 18C and sunny in Paris." in trained
+    assert "get_weather" in tok.decode(ex["input_ids"][:80])  # the schema reached the template
