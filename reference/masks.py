@@ -335,6 +335,12 @@ def _tokenize_per_turn(conversation, tokenizer, text, index):
                   if s >= c1 and e <= turn_end and e > s and enc["input_ids"][t] in special]
                  for _, _, _, c1, turn_end, _ in located]
         ends = [f[0] if f else plain for f, (*_, plain) in zip(found, located)]
+    return _tokenize_pieces(tokenizer, text, located, ends)
+
+
+def _tokenize_pieces(tokenizer, text, located, ends):
+    """Ids and offsets of ``text`` tokenized in pieces cut at each turn's prompt end and
+    response end."""
     cuts = [0]
     for (_, header_end, *_), end in zip(located, ends):
         cuts += [header_end, end]
@@ -388,13 +394,18 @@ def build_example(conversation, tokenizer, *, policy: str = "all", index: int = 
         spans = _spans_from_generation_tags(conversation, tokenizer, ids, index)
     else:
         spans = _spans_from_rendering(conversation, tokenizer, text, offsets, ids, index)
+    return _example(ids, spans, text, policy)
+
+
+def _example(ids, spans, text, policy, *extra) -> Example:
+    """The example of ``ids`` with the spans the turn ``policy`` trains."""
     if policy == "last":
         spans = spans[-1:]
     trained = [False] * len(ids)
     for span in spans:
         for t in range(span.start, span.stop):
             trained[t] = True
-    return Example(ids, trained, spans, text)
+    return Example(ids, trained, spans, text, *extra)
 
 
 def _build_agentic(conversation, tokenizer, text, *, policy, index, tokenization) -> Example:
@@ -418,34 +429,19 @@ def _build_agentic(conversation, tokenizer, text, *, policy, index, tokenization
     offsets = [tuple(o) for o in enc["offset_mapping"]]
     if tokenization == "per_turn":
         terminator = end_of_turn_id(tokenizer)
-        cuts = [0]
-        for _, header_end, _, content_end, window_end, _ in located:
-            end = next((e for t, (s, e) in enumerate(offsets)
-                        if s >= content_end and e <= window_end and e > s
-                        and ids[t] == terminator), content_end)
-            cuts += [header_end, end]
-        cuts.append(len(text))
-        ids, offsets = [], []
-        for a, b in zip(cuts, cuts[1:]):
-            if b <= a:
-                continue
-            piece = tokenizer(text[a:b], add_special_tokens=False, return_offsets_mapping=True)
-            ids += list(piece["input_ids"])
-            offsets += [(s + a, e + a) for s, e in piece["offset_mapping"]]
+        ends = [next((e for t, (s, e) in enumerate(offsets)
+                      if s >= content_end and e <= window_end and e > s
+                      and ids[t] == terminator), content_end)
+                for _, _, _, content_end, window_end, _ in located]
+        ids, offsets = _tokenize_pieces(tokenizer, text, located, ends)
         spans = _spans_from_rendering(messages, tokenizer, text, offsets, ids, index, located)
     elif has_generation_tags(tokenizer):
         spans = _spans_from_generation_tags(conversation, tokenizer, ids, index)
     else:
         spans = _spans_from_rendering(messages, tokenizer, text, offsets, ids, index, located)
-    if policy == "last":
-        spans = spans[-1:]
-    trained = [False] * len(ids)
-    for span in spans:
-        for t in range(span.start, span.stop):
-            trained[t] = True
-    return Example(ids, trained, spans, text, unrendered, offsets, regions, reasoning,
-                   {k: m["role"] for k, m in enumerate(messages)},
-                   {k for k, m in enumerate(messages) if m.get("tool_calls")})
+    return _example(ids, spans, text, policy, unrendered, offsets, regions, reasoning,
+                    {k: m["role"] for k, m in enumerate(messages)},
+                    {k for k, m in enumerate(messages) if m.get("tool_calls")})
 
 
 def prompt_ids(conversation, tokenizer) -> list[int]:

@@ -533,34 +533,6 @@ class PadEosPromptUndercount(ReferenceTarget):
         return pad_examples(_kept(examples), tokenizer.pad_token_id)
 
 
-class PromptLengthCountsNonPad(ReferenceTarget):
-    """The prompt length is measured as (prompt_ids != pad_id).sum() (stanford_alpaca's
-    _tokenize_fn): a message that contains the pad token's own text ('<pad>',
-    '<|endoftext|>') loses one count per occurrence and the header after it is trained. Pinned
-    to pad != eos, so only the content can trigger it."""
-
-    name = "mutant-prompt-length-counts-non-pad"
-    pad_equals_eos = False
-
-    def collate(self, conversations, tokenizer, max_length):
-        from sft_conformance.reference.masks import render
-
-        examples = []
-        for i, conv in enumerate(conversations):
-            ex = build_example(conv, tokenizer, index=i)
-            for span in ex.turns:
-                j = span.message
-                prompt = tokenizer(render(tokenizer, conv[:j], add_generation_prompt=True),
-                                   add_special_tokens=False)["input_ids"] if j else []
-                measured = sum(1 for t in prompt if t != tokenizer.pad_token_id)
-                for t in range(min(span.start, measured), span.start):
-                    ex.trained[t] = True
-            ex = truncate(ex, max_length, self.overlong, index=i)
-            if ex is not None:
-                examples.append(ex)
-        return pad_examples(_kept(examples), tokenizer.pad_token_id)
-
-
 def _end_text(tokenizer, example) -> str | None:
     span = example.turns[-1] if example.turns else None
     if span is None or span.end_token is None:
@@ -650,6 +622,16 @@ class DropsFullyMaskedRows(ReferenceTarget):
         if not examples:
             raise ValueError("no samples left after dropping samples with no trainable tokens")
         return pad_examples(examples, tokenizer.pad_token_id)
+
+
+class PromptLengthCountsNonPad(PadEosPromptUndercount):
+    """The prompt length is measured as (prompt_ids != pad_id).sum() (stanford_alpaca's
+    _tokenize_fn): a message that contains the pad token's own text ('<pad>',
+    '<|endoftext|>') loses one count per occurrence and the header after it is trained. Pinned
+    to pad != eos, so only the content can trigger it."""
+
+    name = "mutant-prompt-length-counts-non-pad"
+    pad_equals_eos = False
 
 
 # -- agentic: tool calls, tool results, reasoning (S13-S15) ---------------------------------------

@@ -4,12 +4,10 @@ families; templates without tools skip the checks with the reason."""
 
 from __future__ import annotations
 
-import importlib.metadata
-
 import pytest
+from samples import need_tokenizer  # noqa: E402
 
 from sft_conformance import check_target
-from sft_conformance.assets import families as fam
 from sft_conformance.assets import load_tokenizer
 from sft_conformance.mutants import AGENTIC, KILLS, not_applicable
 
@@ -17,12 +15,7 @@ TOKENIZERS = ["chatml-tools", "qwen2.5", "qwen3", "mistral", "deepseek"]
 
 
 def _need(name):
-    if name in fam.FAMILIES:
-        try:
-            importlib.metadata.version(fam.FAMILIES[name].package)
-        except importlib.metadata.PackageNotFoundError:
-            pytest.skip(f"{name} needs {fam.FAMILIES[name].package}")
-    return load_tokenizer(name)
+    return need_tokenizer(name)
 
 
 @pytest.mark.parametrize("name", TOKENIZERS)

@@ -5,13 +5,11 @@ turn's end token, never a tool result, reasoning where the template renders it."
 from __future__ import annotations
 
 import copy
-import importlib.metadata
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+from samples import need_tokenizer  # noqa: E402
 
-from sft_conformance.assets import families as fam
-from sft_conformance.assets import load_tokenizer
 from sft_conformance.checks.agentic import PARALLEL, REASONING, WEATHER, renders_tools
 from sft_conformance.reference import ConversationError, build_example, validate_conversation
 from sft_conformance.reference.conversation import is_agentic, split
@@ -22,12 +20,7 @@ TEMPLATES = ["chatml-tools", "llama3.1", "qwen2.5", "qwen3", "deepseek", "mistra
 
 
 def _tok(name):
-    if name in fam.FAMILIES:
-        try:
-            importlib.metadata.version(fam.FAMILIES[name].package)
-        except importlib.metadata.PackageNotFoundError:
-            pytest.skip(f"{name} needs {fam.FAMILIES[name].package}")
-    tok = load_tokenizer(name)
+    tok = need_tokenizer(name)
     if renders_tools(tok):
         pytest.skip(f"{name}: {renders_tools(tok)}")
     return tok

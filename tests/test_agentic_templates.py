@@ -12,11 +12,11 @@ extra and are skipped without it."""
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import json
 
 import pytest
 from jinja2.exceptions import TemplateError
+from samples import installed  # noqa: E402
 
 from sft_conformance.assets import TEMPLATES, load_tokenizer
 from sft_conformance.assets import families as fam
@@ -64,11 +64,7 @@ def parallel(as_json=False):
 # -- tokenizers ----------------------------------------------------------------------------------
 
 def _installed(package: str) -> bool:
-    try:
-        importlib.metadata.version(package)
-        return True
-    except importlib.metadata.PackageNotFoundError:
-        return False
+    return installed(package)
 
 
 @functools.cache

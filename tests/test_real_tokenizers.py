@@ -9,6 +9,7 @@ import importlib.metadata
 
 import pytest
 import torch
+from samples import installed  # noqa: E402
 
 from sft_conformance import check_target
 from sft_conformance.assets import families as fam
@@ -19,11 +20,7 @@ from sft_conformance.targets.correct import HOW
 
 
 def _installed(package: str) -> bool:
-    try:
-        importlib.metadata.version(package)
-        return True
-    except importlib.metadata.PackageNotFoundError:
-        return False
+    return installed(package)
 
 
 def _need(name: str):

@@ -4,24 +4,17 @@ tolerances with an absolute floor."""
 
 from __future__ import annotations
 
-import importlib.metadata
-
 import pytest
 import torch
+from samples import need_tokenizer  # noqa: E402
 
 from sft_conformance import check_target
-from sft_conformance.assets import families as fam
 from sft_conformance.assets import load_tokenizer
 from sft_conformance.special_strings import pinned_batches, special_strings
 
 
 def _tokenizer(name):
-    if name in fam.FAMILIES:
-        try:
-            importlib.metadata.version(fam.FAMILIES[name].package)
-        except importlib.metadata.PackageNotFoundError:
-            pytest.skip(f"{name} needs {fam.FAMILIES[name].package}: {fam.INSTALL_HINT}")
-    return load_tokenizer(name)
+    return need_tokenizer(name)
 
 
 @pytest.mark.parametrize("name", ["chatml", "llama3", "qwen2.5", "mistral"])
