@@ -1,5 +1,5 @@
 """The reference SFT implementation, installed as ``sft_conformance.reference``: the
-specification (docs/specification.md, S1-S12) in code.
+specification (docs/specification.md, S1-S15) in code.
 
 * :mod:`.loss`: masked, shifted cross-entropy, token mean over the batch (S6).
 * :mod:`.oracle`: the same loss in plain Python, the mean of a filtered list.

@@ -20,7 +20,7 @@ from .errors import ConfigurationError
 
 COMMANDS = {
     "targets": "list built-in targets",
-    "check": "run the conformance checks S1-S12 on targets",
+    "check": "run the conformance checks S1-S15 on targets",
     "mutants": "run every mutant through the suite and print the kill table",
     "report": "run every check on the built-in targets (or TARGETs) and write the conformance "
               "matrix to --out (default sft-conformance-reports/); --from-json re-renders "

@@ -45,7 +45,7 @@ def offline():
 
 
 def pytest_addoption(parser):
-    group = parser.getgroup("sft-conformance", "SFT conformance checks (S1-S12)")
+    group = parser.getgroup("sft-conformance", "SFT conformance checks (S1-S15)")
     group.addoption("--sft-target", action="append", default=[], metavar="TARGET",
                     help="run the conformance checks on TARGET: a built-in name or module:attr "
                          "(class, instance or zero-argument factory); repeatable")

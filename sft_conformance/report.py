@@ -200,7 +200,7 @@ def render_markdown(data: dict, command: str) -> str:
     title = "# Conformance matrix" + (f": tokenizer `{data['tokenizer']}`"
                                       if data.get("tokenizer") else "")
     lines = [title, "",
-             "Which SFT stacks conform to the specification S1-S12 (docs/specification.md), "
+             "Which SFT stacks conform to the specification S1-S15 (docs/specification.md), "
              f"checked with {_tokenizer_line(data.get('tokenizer'))}. ✓ passed, ✗ failed, "
              "xfail a failure the "
              "target declares (reason below), – skipped (reason below), error the target raised.",

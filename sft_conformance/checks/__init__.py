@@ -1,4 +1,4 @@
-"""The conformance checks, one named top-level function per requirement S1-S12 of
+"""The conformance checks, one named top-level function per requirement S1-S15 of
 docs/specification.md (each check's docstring cites its section, e.g. ``#s4``).
 
 Each check takes a :class:`~sft_conformance.context.Context` and returns quietly when the target
@@ -10,7 +10,7 @@ regressions each check exists for are pinned as explicit examples.
 The package: :mod:`.registry` (which checks exist, what they need), :mod:`.engine` (drawing and
 running properties), :mod:`.labels` (label alignment), and one module per family:
 :mod:`.template` (S1, S11), :mod:`.masks` (S2-S4, S10), :mod:`.padding` (S5), :mod:`.loss` (S6,
-S7, S7dp), :mod:`.packing` (S8), :mod:`.truncation` (S9), :mod:`.options` (S12).
+S7, S7dp), :mod:`.packing` (S8), :mod:`.truncation` (S9), :mod:`.options` (S12), :mod:`.agentic` (S13-S15: tool results, tool-call turns, reasoning).
 """
 
 from __future__ import annotations

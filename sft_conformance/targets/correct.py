@@ -1,4 +1,4 @@
-"""The correct-but-different catalogue: SFT implementations that follow the specification (S1-S12)
+"""The correct-but-different catalogue: SFT implementations that follow the specification (S1-S15)
 but are written differently from the reference (issue 11, item 1).
 
 Mutants prove that every check can fail; these targets prove that a check does not fail a correct
