@@ -10,7 +10,8 @@ regressions each check exists for are pinned as explicit examples.
 The package: :mod:`.registry` (which checks exist, what they need), :mod:`.engine` (drawing and
 running properties), :mod:`.labels` (label alignment), and one module per family:
 :mod:`.template` (S1, S11), :mod:`.masks` (S2-S4, S10), :mod:`.padding` (S5), :mod:`.loss` (S6,
-S7, S7dp), :mod:`.packing` (S8), :mod:`.truncation` (S9), :mod:`.options` (S12), :mod:`.agentic` (S13-S15: tool results, tool-call turns, reasoning).
+S7, S7dp), :mod:`.packing` (S8), :mod:`.truncation` (S9), :mod:`.options` (S12),
+:mod:`.agentic` (S13-S15: tool results, tool-call turns, reasoning).
 """
 
 from __future__ import annotations
