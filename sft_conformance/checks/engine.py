@@ -113,7 +113,7 @@ def run_special(ctx: Context, prop, special, split=None) -> None:
     for inputs in special:
         try:
             judged = _judge_once(ctx, prop, inputs)
-        except CheckFailure as exc:
+        except (CheckFailure, TargetRaised) as exc:
             ctx.judged += 1
             ctx.failed = True
             for smaller in split(inputs):  # one conversation that fails alone, if any
@@ -125,6 +125,9 @@ def run_special(ctx: Context, prop, special, split=None) -> None:
                     raise  # refused alone: judged as a refusal (runner), on one conversation
                 except Exception:
                     continue
+            if isinstance(exc, TargetRaised):  # every one alone is fine: the batch was refused
+                ctx.collate(inputs[0] if isinstance(inputs, tuple) else inputs,
+                            ctx.last_inputs.get("tokenizer"))
             raise exc
         ctx.judged += judged
 

@@ -19,6 +19,7 @@ from .labels import (
     differences,
     droppable_tails,
     expected_labels,
+    is_special,
     judge_dropped,
     segments_for,
     tokenizer_note,
@@ -70,6 +71,16 @@ def check_template_parity(ctx: Context) -> None:
                 and (
                     "position_ids" not in batch
                     or int(batch["position_ids"][seg.row, seg.start]) != 0
+                )
+                # a token the template could have added (a special token such as a second
+                # BOS) or one lone token opening the row; the tail of another document
+                # wrapped into this row (wrapped packing) is S8's business
+                and (
+                    is_special(tok, batch["input_ids"][seg.row, before])
+                    or not any(
+                        int(batch["input_ids"][seg.row, k]) != tok.pad_token_id
+                        for k in range(before)
+                    )
                 )
             ):
                 extra = int(batch["input_ids"][seg.row, before])
