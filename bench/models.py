@@ -111,18 +111,9 @@ def _output(model, hidden: bool, **kwargs) -> torch.Tensor:
 def block_causal_forward(model, batch, hidden: bool = False) -> torch.Tensor:
     """The reference trainer's feed (``reference.accumulation.forward``): an explicit additive
     block-diagonal causal mask from ``document_ids``; logits, or hidden states."""
-    from sft_conformance.reference.packing import block_causal_mask
+    from sft_conformance.reference.accumulation import model_inputs
 
-    kwargs = {"input_ids": batch["input_ids"]}
-    if "position_ids" in batch:
-        kwargs["position_ids"] = batch["position_ids"]
-    if "document_ids" in batch:
-        dtype = next(model.parameters()).dtype
-        kwargs["attention_mask"] = block_causal_mask(batch["document_ids"],
-                                                     batch.get("attention_mask"), dtype=dtype)
-    elif "attention_mask" in batch:
-        kwargs["attention_mask"] = batch["attention_mask"]
-    return _output(model, hidden, **kwargs)
+    return _output(model, hidden, **model_inputs(model, batch))
 
 
 def forward_fn(backend: str, *, compile: bool | None = None, hidden: bool = False):

@@ -27,6 +27,12 @@ def forward(model, batch: Mapping) -> torch.Tensor:
     isolation between documents never depends on the attention backend guessing it from
     ``position_ids``.
     """
+    return model(**model_inputs(model, batch)).logits
+
+
+def model_inputs(model, batch: Mapping) -> dict:
+    """The keyword arguments :func:`forward` gives the model: ids, positions, and the
+    block-diagonal causal mask of a packed batch (else its attention mask)."""
     from .packing import block_causal_mask
 
     kwargs = {"input_ids": batch["input_ids"]}
@@ -38,7 +44,7 @@ def forward(model, batch: Mapping) -> torch.Tensor:
                                                      batch.get("attention_mask"), dtype=dtype)
     elif "attention_mask" in batch:
         kwargs["attention_mask"] = batch["attention_mask"]
-    return model(**kwargs).logits
+    return kwargs
 
 
 def accumulate_gradients(model, micro_batches: Sequence[Mapping], *, labels_shifted: bool = False,
