@@ -70,9 +70,16 @@ class HandLoop:
         return getattr(self._inner, key)
 
 
-def run_matrix(targets, *, profile="ci", tokenizer=None, progress=print) -> dict:
-    """Run every check on every target; targets with a ``forward`` also run the model-level
-    checks (S5, S8) under the hand-written-loop call convention."""
+#: the columns of the agentic matrix (``report --agentic``): the ids of the whole conversation
+#: with its tools (S1), what is trained outside the assistant (S3), end tokens (S4) and the
+#: agentic rules (S13-S15)
+AGENTIC_CHECKS = ["S1", "S3", "S4", "S13", "S14", "S15"]
+
+
+def run_matrix(targets, *, profile="ci", tokenizer=None, progress=print,
+               only: list[str] | None = None) -> dict:
+    """Run every check (or the ``only`` ones) on every target; targets with a ``forward`` also
+    run the model-level checks (S5, S8) under the hand-written-loop call convention."""
     from .runner import check_target, library_versions
     from .target import declared, load_target
 
@@ -81,10 +88,10 @@ def run_matrix(targets, *, profile="ci", tokenizer=None, progress=print) -> dict
     for spec in targets:
         t0 = time.perf_counter()
         with library_warnings.captured() as seen:  # summarised once per row, not per call
-            run = check_target(spec, profile=profile, tokenizer=tokenizer)
+            run = check_target(spec, profile=profile, tokenizer=tokenizer, only=only)
             entry = run.to_json()
             entry["convention"] = "target.forward (the library's trainer call)"
-            if run.error is None:
+            if run.error is None and (only is None or {"S5", "S8"} & set(only)):
                 obj = load_target(spec)
                 d = declared(obj)
                 if d.has_forward and not d.missing:
@@ -107,7 +114,8 @@ def run_matrix(targets, *, profile="ci", tokenizer=None, progress=print) -> dict
             "versions": library_versions(), "profile": profile, "tokenizer": tokenizer,
             "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores, "
                        f"{platform.system()}",
-            "seconds": round(time.perf_counter() - started, 1), "runs": runs}
+            "seconds": round(time.perf_counter() - started, 1), "runs": runs,
+            **({"only": list(only)} if only else {})}
 
 
 #: what the rows and the last column of the matrix are
@@ -127,6 +135,18 @@ LEGEND = [
     "arguments of packed rows, as for `reference-packed`), so a loop that calls the model "
     "plainly lets packed documents attend to each other. `n/a`: the target declares no "
     "`forward`, so its own columns already used the plain call.",
+]
+
+
+#: what the agentic matrix's rows and columns are
+AGENTIC_LEGEND = [
+    "Rows: each library configuration's tool and reasoning path (a `tools` column, tool roles, "
+    "function_call/observation, an agent template...), driven through its own configuration on "
+    "conversations with tool calls, tool results and reasoning (docs/specification.md#agentic). "
+    "Columns: S1 the ids equal the template's rendering of the whole conversation with its tools; "
+    "S3 nothing outside the assistant is trained; S4 end tokens; S13 tool results never trained; "
+    "S14 tool-call turns trained whole, end token included; S15 reasoning follows the declared "
+    "rule.",
 ]
 
 
@@ -195,10 +215,11 @@ def compare_with(data: dict, baseline: dict) -> list[str]:
 
 
 def render_markdown(data: dict, command: str) -> str:
-    ids = [c.id for c in CHECKS]
+    ids = [c.id for c in CHECKS if not data.get("only") or c.id in data["only"]]
+    hand_col = not data.get("only") or bool({"S5", "S8"} & set(data["only"]))
     names = {c.id: c.name for c in CHECKS}
-    title = "# Conformance matrix" + (f": tokenizer `{data['tokenizer']}`"
-                                      if data.get("tokenizer") else "")
+    title = ("# Agentic conformance matrix" if data.get("agentic") else "# Conformance matrix") \
+        + (f": tokenizer `{data['tokenizer']}`" if data.get("tokenizer") else "")
     lines = [title, "",
              "Which SFT stacks conform to the specification S1-S15 (docs/specification.md), "
              f"checked with {_tokenizer_line(data.get('tokenizer'))}. ✓ passed, ✗ failed, "
@@ -212,8 +233,8 @@ def render_markdown(data: dict, command: str) -> str:
                + ("" if u["versions"] == data["versions"] else "; versions: " + ", ".join(
                    f"{k} {v}" for k, v in u["versions"].items()))
                for u in data.get("updates", [])], "",
-             "| target | " + " | ".join(ids) + " | S5/S8 hand loop |",
-             "|---|" + "---|" * len(ids) + "---|"]
+             "| target | " + " | ".join(ids) + (" | S5/S8 hand loop |" if hand_col else " |"),
+             "|---|" + "---|" * len(ids) + ("---|" if hand_col else "")]
     absent = [run for run in data["runs"] if _not_installed(run)]
     for run in data["runs"]:
         if run in absent:
@@ -225,13 +246,14 @@ def render_markdown(data: dict, command: str) -> str:
         hand = {c["id"]: c for c in run.get("hand_loop", [])}
         hand_cell = " / ".join(_cell(hand[i]) for i in ("S5", "S8") if i in hand) or "n/a"
         lines.append(f"| `{run['spec']}` | " + " | ".join(_cell(by_id[i]) if i in by_id else ""
-                                                         for i in ids) + f" | {hand_cell} |")
+                                                         for i in ids)
+                     + (f" | {hand_cell} |" if hand_col else " |"))
     if absent:
         lines.append(f"| {len(absent)} target(s) whose library is not installed here: every "
                      "check skipped (listed under *Skipped and declared*) |"
                      + " |" * (len(ids) + 1))
     lines += ["", "Checks: " + "; ".join(f"{i} {names[i]}" for i in ids) + ".", "",
-              *LEGEND, ""]
+              *(LEGEND if not data.get("agentic") else AGENTIC_LEGEND), ""]
     if data.get("compared"):
         lines += ["## Compared with the bundled tokenizers", "",
                   "The bundled run is `conformance.json` beside this report; rows it could not "
@@ -281,11 +303,12 @@ def render_markdown(data: dict, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def paths(out_dir: Path, tokenizer: str | None) -> tuple[Path, Path]:
+def paths(out_dir: Path, tokenizer: str | None, agentic: bool = False) -> tuple[Path, Path]:
     """``conformance.{md,json}``, or ``conformance-<tokenizer>.{md,json}`` for a named
-    tokenizer's matrix, in ``out_dir``."""
+    tokenizer's matrix, in ``out_dir`` (``agentic...`` for the agentic matrix)."""
     tok = tokenizer
-    stem = f"conformance-{tok}" if tok and "/" not in tok and "\\" not in tok else "conformance"
+    base = "agentic" if agentic else "conformance"
+    stem = f"{base}-{tok}" if tok and "/" not in tok and "\\" not in tok else base
     return out_dir / f"{stem}.md", out_dir / f"{stem}.json"
 
 
@@ -304,12 +327,12 @@ def write(data: dict, out_dir: Path, command: str) -> tuple[Path, Path]:
     """``conformance.{md,json}``, or ``conformance-<tokenizer>.{md,json}`` for a named
     tokenizer's matrix."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    md, js = paths(out_dir, data.get("tokenizer"))
+    md, js = paths(out_dir, data.get("tokenizer"), bool(data.get("agentic")))
     data = dict(data, command=command)
     js.write_text(json.dumps(data, indent=1, default=str) + "\n", encoding="utf-8")
     text = render_markdown(data, command)
     # the one-line-per-configuration summary of the library reports (issue 13)
-    if (out_dir / "libraries.md").is_file():
+    if (out_dir / "libraries.md").is_file() and not data.get("agentic"):
         text += "\n" + (out_dir / "libraries.md").read_text(encoding="utf-8")
     md.write_text(text, encoding="utf-8")
     return md, js

@@ -42,6 +42,10 @@ def add_arguments(parser) -> None:
                         help="re-run only the TARGETs named and replace their rows in the "
                              "stored report of the same tokenizer (in --out), which keeps its "
                              "command and lists the re-run")
+    parser.add_argument("--agentic", action="store_true",
+                        help="the agentic matrix: the targets that declare tools (a library's "
+                             "with --library), checks S1, S3, S4, S13, S14, S15, written to "
+                             "OUT/agentic[-TOKENIZER].{md,json}")
     parser.add_argument("--library", default=None, metavar="NAME",
                         help="the targets of one library adapter (litgpt, verl, ...; run it in "
                              "the library's tox environment), written to OUT/NAME/ (--out "
@@ -63,6 +67,8 @@ def run(args) -> int:
                 parts.append(f"{flag} {shlex.quote(value)}")
         if getattr(args, "update", False):
             parts.append("--update")
+        if getattr(args, "agentic", False):
+            parts.append("--agentic")
         command = "sft-conformance report " + " ".join(parts)
     if getattr(args, "library", None):
         from sft_conformance.adapters import LIBRARIES, library_targets
@@ -71,7 +77,9 @@ def run(args) -> int:
         if args.library not in LIBRARIES:
             raise UsageError(f"unknown library {args.library!r}: one of "
                              f"{', '.join(LIBRARIES)}")
-        args.targets = list(args.targets) or library_targets(args.library)
+        args.targets = list(args.targets) or [
+            t for t in library_targets(args.library)
+            if not getattr(args, "agentic", False) or _declares_tools(t)]
         if not args.out:
             args.out = default_out(args.library)
         # the library's hand-confirmed findings: beside the report, else the committed ones
@@ -106,11 +114,16 @@ def run(args) -> int:
             except ConfigurationError as exc:
                 raise UsageError(f"--tokenizer {args.tokenizer}: {exc}") from None
         stored = _stored_for_update(args, out) if getattr(args, "update", False) else None
-        targets = args.targets or default_targets()
-        print(f"conformance matrix of {len(targets)} targets (profile {args.profile})",
-              flush=True)
+        agentic = getattr(args, "agentic", False)
+        targets = args.targets or [t for t in default_targets()
+                                   if not agentic or _declares_tools(t)]
+        print(f"{'agentic ' if agentic else ''}conformance matrix of {len(targets)} targets "
+              f"(profile {args.profile})", flush=True)
         data = report.run_matrix(targets, profile=args.profile, tokenizer=args.tokenizer,
-                                 progress=lambda line: print(line, flush=True))
+                                 progress=lambda line: print(line, flush=True),
+                                 only=report.AGENTIC_CHECKS if agentic else None)
+        if agentic:
+            data["agentic"] = True
         if stored is not None:
             data = report.update(stored, data, command)
             command = stored.get("command", command)
@@ -121,7 +134,7 @@ def run(args) -> int:
             data["notes"] = Path(args.notes).read_text(encoding="utf-8")
         except OSError as exc:
             raise UsageError(f"--notes {args.notes}: {exc}") from None
-    if data.get("tokenizer"):
+    if data.get("tokenizer") and not data.get("agentic"):
         # the bundled run beside this report, else the repository's committed one
         baseline = report.bundled_baseline(out) or report.bundled_baseline(Path("reports"))
         if baseline is not None:
@@ -140,7 +153,7 @@ def _stored_for_update(args, out: Path) -> dict:
 
     if not args.targets:
         raise UsageError("--update needs the TARGETs to re-run")
-    _, js = report.paths(out, args.tokenizer)
+    _, js = report.paths(out, args.tokenizer, getattr(args, "agentic", False))
     try:
         stored = json.loads(js.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -149,3 +162,14 @@ def _stored_for_update(args, out: Path) -> dict:
         raise UsageError(f"--update: {js} was run with profile {stored.get('profile')!r}, "
                          f"not {args.profile!r}")
     return stored
+
+
+def _declares_tools(spec: str) -> bool:
+    """Whether the built-in target ``spec`` declares ``tools`` (its class is loaded, its
+    library is not imported)."""
+    from sft_conformance.target import TargetError, load_target
+
+    try:
+        return bool(getattr(load_target(spec), "tools", False))
+    except TargetError:
+        return False
