@@ -88,11 +88,13 @@ class Collator:
     overlong: str = "truncate_response"
     pad_to_multiple_of: int | None = None
     padding_side: str = "right"
+    reasoning: str | None = None  # the reasoning rule (conversation.apply_reasoning_rule)
 
     def examples(self, conversations: Sequence, tokenizer, max_length: int) -> list[Example]:
         kept, dropped = [], []
         for i, conv in enumerate(conversations):
-            ex = truncate(build_example(conv, tokenizer, policy=self.policy, index=i),
+            ex = truncate(build_example(conv, tokenizer, policy=self.policy, index=i,
+                                        reasoning=self.reasoning),
                           max_length, self.overlong, index=i)
             (kept if ex is not None else dropped).append(ex if ex is not None else i)
         if dropped:

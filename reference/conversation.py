@@ -54,6 +54,35 @@ def is_agentic(conversation) -> bool:
         for m in messages if isinstance(m, Mapping))
 
 
+#: where reasoning is kept (docs/specification.md#s15): ``"template"`` as the chat template
+#: renders it (Qwen3 drops it from turns before the last user query), ``"all_turns"`` on every
+#: assistant turn, ``"last_turn"`` only on the last assistant turn (the data path drops it from
+#: the others before rendering)
+REASONING_RULES = ("template", "all_turns", "last_turn")
+
+
+def apply_reasoning_rule(conversation, rule: str | None):
+    """The conversation as the declared reasoning ``rule`` has the template see it:
+    ``"last_turn"`` removes ``reasoning_content`` from every assistant message but the last one;
+    ``"template"``, ``"all_turns"`` and ``None`` leave it as it is (under ``"all_turns"`` a
+    template that drops some turn's reasoning is reported by S15, not repaired)."""
+    if rule in (None, "template", "all_turns"):
+        return conversation
+    if rule != "last_turn":
+        raise ValueError(f"reasoning rule must be one of {REASONING_RULES}, got {rule!r}")
+    messages, tools = split(conversation)
+    assistant = [j for j, m in enumerate(messages)
+                 if isinstance(m, Mapping) and m.get("role") == "assistant"]
+    last = assistant[-1] if assistant else -1
+    out = [{k: v for k, v in m.items() if k != "reasoning_content"}
+           if (isinstance(m, Mapping) and m.get("role") == "assistant" and j != last
+               and "reasoning_content" in m) else m
+           for j, m in enumerate(messages)]
+    if out == messages:
+        return conversation
+    return {**conversation, "messages": out} if isinstance(conversation, Mapping) else out
+
+
 def call_parts(call) -> tuple[str, object]:
     """``(name, arguments)`` of a tool call in the nested or the flat shape."""
     fn = call.get("function", call) if isinstance(call, Mapping) else {}

@@ -356,7 +356,7 @@ def _tokenize_pieces(tokenizer, text, located, ends):
 
 
 def build_example(conversation, tokenizer, *, policy: str = "all", index: int = 0,
-                  tokenization: str = "whole") -> Example:
+                  tokenization: str = "whole", reasoning: str | None = None) -> Example:
     """Tokenize ``conversation`` as inference does and mark its trained positions.
 
     ``policy``: ``"all"`` trains every assistant turn (the default, S10), ``"last"`` only the last.
@@ -364,6 +364,8 @@ def build_example(conversation, tokenizer, *, policy: str = "all", index: int = 
     ``tokenization``: ``"whole"`` (the ids of the whole rendered conversation) or ``"per_turn"``
     (each assistant turn's prompt and response tokenized apart; docs/specification.md
     #tokenization-conventions). They agree unless the tokenizer merges glue with content.
+    ``reasoning``: the declared reasoning rule (``"template"``, ``"all_turns"``,
+    ``"last_turn"``; :func:`.conversation.apply_reasoning_rule`), applied before rendering.
     """
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
@@ -371,6 +373,9 @@ def build_example(conversation, tokenizer, *, policy: str = "all", index: int = 
         raise ValueError(f"tokenization must be one of {TOKENIZATIONS}, got {tokenization!r}")
     validate_conversation(conversation, index)
     check_tokenizer(tokenizer)
+    from .conversation import apply_reasoning_rule
+
+    conversation = apply_reasoning_rule(conversation, reasoning)
     try:
         text = render(tokenizer, conversation)
     except Exception as exc:  # jinja errors, raise_exception() in the template

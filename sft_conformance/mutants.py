@@ -728,6 +728,120 @@ class ReasoningMasked(_AgenticMutant):
         return ex
 
 
+class ToolResultsRenderedApart(_AgenticMutant):
+    """Consecutive tool results are rendered as separate turns (each its own
+    '<|im_start|>user' block) instead of the one block the template groups them in: the model
+    trains on a layout inference never shows (slime#2263, LLaMA-Factory PR #9630). The ChatML
+    templates' grouping (chatml-tools, Qwen2.5, Qwen3)."""
+
+    name = "mutant-tool-results-rendered-apart"
+    tokenizer = "qwen2.5"
+    GROUPED = "</tool_response>\n<tool_response>"
+    APART = "</tool_response><|im_end|>\n<|im_start|>user\n<tool_response>"
+
+    def mutate_example(self, ex, conversation, tokenizer):
+        from sft_conformance.reference.masks import Example
+
+        if self.GROUPED not in ex.text:
+            return ex
+        text, origin, at = [], [], 0  # the new text, and each new character's old index
+        while (hit := ex.text.find(self.GROUPED, at)) >= 0:
+            text.append(ex.text[at:hit])
+            origin += range(at, hit)
+            cut = hit + len("</tool_response>")
+            text.append(self.APART)
+            origin += range(hit, cut)
+            origin += [-1] * (len(self.APART) - len(self.GROUPED))
+            origin += range(cut, hit + len(self.GROUPED))
+            at = hit + len(self.GROUPED)
+        text.append(ex.text[at:])
+        origin += range(at, len(ex.text))
+        text = "".join(text)
+        trained_chars = {c for t, (a, b) in enumerate(ex.offsets) if ex.trained[t]
+                         for c in range(a, b)}
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = list(enc["input_ids"])
+        trained = [b > a and origin[a] in trained_chars for a, b in enc["offset_mapping"]]
+        return Example(ids, trained, [], text)
+
+
+class PrefixRenderLabels(_AgenticMutant):
+    """The ids are the whole conversation's rendering, but each assistant turn's span is
+    found by rendering the prefix up to it and counting its tokens: right on a prefix-stable
+    template, shifted on Qwen3, whose rendering of a turn depends on what follows it (the empty
+    <think> block of a last turn, reasoning dropped before the last user query;
+    open-instruct#1800, #1804), and wherever the tokenizer merges the generation prompt's
+    newline with the answer."""
+
+    name = "mutant-prefix-render-labels"
+    tokenizer = "qwen3"
+
+    @staticmethod
+    def trained_positions(conv, tokenizer) -> list[bool]:
+        """The bug: each assistant turn from the token count of the prefix rendered with the
+        generation prompt to the count of the prefix through the turn, less the glue after
+        the end token (ChatML's newline)."""
+        from sft_conformance.reference.agentic import render
+        from sft_conformance.reference.conversation import split
+
+        def ids(messages, tools, prompt=False):
+            return tokenizer(render(tokenizer, messages, tools, add_generation_prompt=prompt),
+                             add_special_tokens=False)["input_ids"]
+
+        messages, tools = split(conv)
+        n = len(ids(messages, tools))
+        trained = [False] * n
+        for k, m in enumerate(messages):
+            if m["role"] != "assistant":
+                continue
+            start, through = len(ids(messages[:k], tools, True)), ids(messages[:k + 1], tools)
+            stop = len(through)
+            if stop and not tokenizer.decode(through[-1:]).strip():
+                stop -= 1  # the newline after <|im_end|>
+            for t in range(start, min(stop, n)):
+                trained[t] = True
+        return trained
+
+    def collate(self, conversations, tokenizer, max_length):
+        from sft_conformance.reference.masks import Example
+
+        examples = []
+        for i, conv in enumerate(conversations):
+            ex = build_example(conv, tokenizer, index=i)
+            trained = self.trained_positions(conv, tokenizer)
+            ex = truncate(Example(ex.input_ids, trained, [], ex.text), max_length,
+                          self.overlong, index=i)
+            if ex is not None:
+                examples.append(ex)
+        return pad_examples(_kept(examples), tokenizer.pad_token_id)
+
+
+class ReasoningKeptEverywhere(_AgenticMutant):
+    """The template is patched to keep every turn's reasoning (Qwen3 drops it from turns
+    before the last user query): training shows reasoning in the history that inference never
+    shows (verl#3477, PR #7322: 783 of 10,726 rows differed)."""
+
+    name = "mutant-reasoning-kept-everywhere"
+    tokenizer = "qwen3"
+    RULE = "loop.index0 > query.index and (loop.last or turn.reasoning)"
+    KEEP = "(loop.index0 > query.index and loop.last) or turn.reasoning"
+
+    def __init__(self):
+        self._patched = {}
+
+    def collate(self, conversations, tokenizer, max_length):
+        from sft_conformance.assets import copy_tokenizer
+
+        if self.RULE not in (tokenizer.chat_template or ""):
+            return super().collate(conversations, tokenizer, max_length)
+        key = id(tokenizer)
+        if key not in self._patched:
+            patched = copy_tokenizer(tokenizer)
+            patched.chat_template = tokenizer.chat_template.replace(self.RULE, self.KEEP)
+            self._patched = {key: (tokenizer, patched)}  # keeps tokenizer alive: id stays its
+        return super().collate(conversations, self._patched[key][1], max_length)
+
+
 _ALL = [OffByOneLate, OffByOneEarly, EosMaskedByValue, MissingEndToken, LabelsShiftedTwice,
         PerSequenceMean, MeanOfMicroBatchMeans, DenominatorCountsPadding,
         LeftPaddingWithoutPositions, AttentionMaskFromPadId, TrainsPadding,
@@ -739,7 +853,8 @@ _ALL = [OffByOneLate, OffByOneEarly, EosMaskedByValue, MissingEndToken, LabelsSh
         PackedDocumentNothingToTrain, PadEosPromptUndercount, PromptLengthCountsNonPad,
         EndTokenAppendedUnlessPresent, TokenizesWithSpecialTokens, DropsFullyMaskedRows,
         ToolResultsTrained, ToolCallArgumentsMasked, ToolCallEndUntrained,
-        ToolsNotPassedToTemplate, ReasoningMasked]
+        ToolsNotPassedToTemplate, ReasoningMasked, ToolResultsRenderedApart, PrefixRenderLabels,
+        ReasoningKeptEverywhere]
 
 REGISTRY = {cls.name: f"{__name__}:{cls.__name__}" for cls in _ALL}
 
@@ -784,12 +899,16 @@ KILLS = {
     "mutant-tool-call-end-untrained": "S14",
     "mutant-tools-not-passed-to-template": "S1",  # needs a tool conversation among S1's draws
     "mutant-reasoning-masked": "S15",
+    "mutant-tool-results-rendered-apart": "S1",  # needs consecutive tool results
+    "mutant-prefix-render-labels": "S2",  # Qwen3 (not prefix-stable), or glue merged by BPE
+    "mutant-reasoning-kept-everywhere": "S1",  # reasoning before the last user query
 }
 
 #: the mutants of tool conversations and reasoning (their checks need a template with tools)
 AGENTIC = ("mutant-tool-results-trained", "mutant-tool-call-arguments-masked",
            "mutant-tool-call-end-untrained", "mutant-tools-not-passed-to-template",
-           "mutant-reasoning-masked")
+           "mutant-reasoning-masked", "mutant-tool-results-rendered-apart",
+           "mutant-prefix-render-labels", "mutant-reasoning-kept-everywhere")
 
 BUGS = {cls.name: (cls.__doc__ or "").strip().replace("\n    ", " ") for cls in _ALL}
 
@@ -812,6 +931,36 @@ def not_applicable(name: str, tokenizer) -> str | None:
         if name == "mutant-reasoning-masked" and "I need the weather tool." not in render(
                 tokenizer, REASONING["messages"], REASONING["tools"]):
             return "the template renders no reasoning, so there is none to mask"
+        if name == "mutant-tool-results-rendered-apart":
+            from .checks.agentic import PARALLEL
+
+            try:
+                text = render(tokenizer, PARALLEL["messages"], PARALLEL["tools"])
+            except Exception:
+                text = ""
+            if ToolResultsRenderedApart.GROUPED not in text:
+                return ("the template does not group consecutive tool results the ChatML way "
+                        "(this mutant splits '<tool_response>' blocks only)")
+        if name == "mutant-prefix-render-labels":
+            from .checks.agentic import PARALLEL, REASONING_FOLLOW_UP
+
+            same = True
+            for conv in (WEATHER, PARALLEL, REASONING, REASONING_FOLLOW_UP):
+                try:
+                    ex = build_example(conv, tokenizer)
+                except Exception:
+                    continue
+                same = same and PrefixRenderLabels.trained_positions(conv, tokenizer) \
+                    == ex.trained
+            if same:
+                return ("counting the tokens of rendered prefixes finds the reference's spans "
+                        "on every tool and reasoning fixture (the template is prefix-stable at "
+                        "assistant turns and no glue merges with an answer)")
+        if name == "mutant-reasoning-kept-everywhere" and \
+                ReasoningKeptEverywhere.RULE not in (tokenizer.chat_template or ""):
+            return ("the template has no Qwen3 last-query rule to patch (it keeps or drops "
+                    "reasoning by a rule of its own)")
+
     if name == "mutant-tokenizes-with-special-tokens":
         probe = "hi"
         if (tokenizer(probe)["input_ids"]

@@ -27,7 +27,7 @@ def trainable_counts(ctx, conversations, tokenizer, max_length) -> list[tuple[in
     for i, conv in enumerate(conversations or []):
         try:
             ex = build_example(conv, tokenizer, policy=decl.turn_policy, index=i,
-                               tokenization=decl.tokenization)
+                               tokenization=decl.tokenization, reasoning=decl.reasoning)
         except Exception:
             continue  # the suite cannot judge it: not counted as lost
         if len(ex) > max_length:

@@ -80,3 +80,72 @@ def test_a_long_tool_preamble_adapts_max_length():
     (r,) = run.results
     assert r.status == "passed" and r.judged >= 10
     assert any(n.startswith("max_length") for n in r.notes)
+
+
+# -- reasoning rules (S15): template, last_turn, all_turns ----------------------------------------
+
+
+def test_the_last_turn_rule_drops_earlier_reasoning_before_rendering():
+    from sft_conformance.checks.agentic import REASONING_FOLLOW_UP
+    from sft_conformance.reference.conversation import apply_reasoning_rule
+
+    out = apply_reasoning_rule(REASONING_FOLLOW_UP, "last_turn")
+    kept = [m.get("reasoning_content") for m in out["messages"] if m["role"] == "assistant"]
+    assert kept == [None, "Assume the same."]
+    assert apply_reasoning_rule(REASONING_FOLLOW_UP, "template") is REASONING_FOLLOW_UP
+    assert REASONING_FOLLOW_UP["messages"][1]["reasoning_content"]  # the user's data untouched
+
+
+def _reference_with(rule):
+    from sft_conformance.targets.reference import ReferenceTarget
+
+    class Rule(ReferenceTarget):
+        name = f"reference-reasoning-{rule}"
+        reasoning = rule
+        tokenizer = "qwen3"
+
+    return Rule()
+
+
+@pytest.mark.parametrize("rule", ["template", "last_turn"])
+def test_the_reference_passes_under_each_rule_it_follows(rule):
+    _need("qwen3")
+    run = check_target(_reference_with(rule), profile="ci", tokenizer="qwen3",
+                       only=["S1", "S15"])
+    assert [(r.id, r.status) for r in run.results] == [("S1", "passed"), ("S15", "passed")], \
+        [r.message[:300] for r in run.results]
+
+
+def test_all_turns_fails_where_the_template_drops_reasoning():
+    """Qwen3's template drops reasoning before the last user query: a target declaring
+    all_turns on it loses reasoning it claims to train (S15 says which message)."""
+    _need("qwen3")
+    run = check_target(_reference_with("all_turns"), profile="ci", tokenizer="qwen3",
+                       only=["S15"], shrink=False)
+    (r,) = run.results
+    assert r.status == "failed" and "'all_turns'" in r.message and "drops it" in r.message
+
+
+def test_a_target_that_keeps_earlier_reasoning_fails_the_last_turn_rule():
+    """The reference keeping reasoning as the template does, declared last_turn: the ids of
+    a tool chain with reasoning on every call differ (S1)."""
+    _need("qwen3")
+
+    class Keeps(type(_reference_with("last_turn"))):
+        def collate(self, conversations, tokenizer, max_length):
+            from sft_conformance.reference import Collator
+
+            return Collator()(conversations, tokenizer, max_length)
+
+    run = check_target(Keeps(), profile="ci", tokenizer="qwen3", only=["S1"], shrink=False)
+    assert run.results[0].status == "failed", run.results[0].message[:300]
+
+
+@pytest.mark.parametrize("only", [["S1", "S15"], pytest.param(
+    ["S2", "S3", "S4", "S13", "S14"], marks=pytest.mark.slow)], ids=["rule", "others"])
+def test_the_last_turn_correct_target_passes(only):
+    _need("qwen3")
+    run = check_target("correct-agentic-last-turn-reasoning", profile="ci", tokenizer="qwen3",
+                       only=only)
+    bad = [(r.id, r.status, r.message[:300]) for r in run.results if r.status != "passed"]
+    assert run.error is None and not bad, bad

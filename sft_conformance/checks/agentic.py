@@ -65,6 +65,16 @@ REASONING = {"messages": [
     "tools": [WEATHER_TOOL]}
 
 
+#: reasoning on a turn before a real user follow-up: Qwen3's template drops it there (the
+#: last-query rule) and keeps the last turn's
+REASONING_FOLLOW_UP = {"messages": [
+    {"role": "user", "content": "Is it warm in Paris?"},
+    {"role": "assistant", "content": "Yes, 18C.", "reasoning_content": "Recall the weather."},
+    {"role": "user", "content": "And tomorrow?"},
+    {"role": "assistant", "content": "Also warm.", "reasoning_content": "Assume the same."}],
+    "tools": [WEATHER_TOOL]}
+
+
 def renders_tools(tok) -> str | None:
     """None when the template renders the standard tool conversation (the call's name and the
     tool's result both show), else why not."""
@@ -132,7 +142,7 @@ def reasoning_positions(ex) -> set[int]:
     return {t for region in ex.reasoning.values() for t in ex.positions(region)}
 
 
-def _agentic_property(ctx, relevant, *, what, spec):
+def _agentic_property(ctx, relevant, *, what, spec, check=None):
     prop = label_property(ctx, relevant, what=what, spec=spec, judge_drops=True)
     tok = ctx.tokenizer()
 
@@ -141,6 +151,8 @@ def _agentic_property(ctx, relevant, *, what, spec):
 
         require_fits(ctx, convs, tok)  # drawn conversations the template refuses: not judged
         note_unrendered(ctx, convs, tok)
+        if check is not None:
+            check(ctx, convs, tok)
         prop(convs)
 
     return run
@@ -180,7 +192,7 @@ def adapted_max_length(ctx, tok) -> int:
     return max(ctx.max_length, preamble_length(tok) + TURN_BUDGET)
 
 
-def _judge(ctx, relevant, *, what, spec, reasoning=True):
+def _judge(ctx, relevant, *, what, spec, reasoning=True, check=None):
     from .engine import agentic_inputs
 
     tok = ctx.tokenizer()
@@ -192,7 +204,7 @@ def _judge(ctx, relevant, *, what, spec, reasoning=True):
                          "choose)")
     fixtures = agentic_inputs(ctx, tok)  # the pinned fixtures the template renders
     run_property(ctx, agentic_batches(ctx, reasoning=reasoning),
-                 _agentic_property(ctx, relevant, what=what, spec=spec),
+                 _agentic_property(ctx, relevant, what=what, spec=spec, check=check),
                  special=fixtures, budget=0.6)
 
 
@@ -241,15 +253,42 @@ def check_tool_call_turns_trained(ctx: Context) -> None:
 def check_reasoning_follows_the_rule(ctx: Context) -> None:
     """Reasoning is rendered where the declared rule puts it and trained wherever it is
     rendered inside a trained turn (S15, docs/specification.md#s15)."""
-    rule = getattr(ctx.target, "reasoning", "template")
-    if rule != "template":
-        raise CheckSkipped(f"the reasoning rule {rule!r} is declared, and this version judges "
-                           "only 'template' (reasoning where the chat template renders it)")
+    rule = getattr(ctx.target, "reasoning", None) or "template"
     _judge(
         ctx,
         lambda t, got, want, ex: t in reasoning_positions(ex) and got != want,
         what="S15: a reasoning token is not labelled as the declared reasoning rule says "
-        "(trained inside a trained turn where the template renders it)",
-        spec=f"reasoning rule {getattr(ctx.target, 'reasoning', 'template')!r}: reasoning "
-        "rendered inside a trained assistant turn is trained",
+        "(trained inside a trained turn where the rule keeps it)",
+        spec=f"reasoning rule {rule!r}: " + RULES[rule],
+        check=_all_turns_rendered if rule == "all_turns" else None,
     )
+
+
+#: what each reasoning rule says, in the words of the specification
+RULES = {
+    "template": "reasoning is kept where the chat template renders it and trained inside a "
+                "trained assistant turn",
+    "last_turn": "reasoning is kept on the last assistant turn only (dropped from the others "
+                 "before rendering) and trained there",
+    "all_turns": "reasoning is kept on every assistant turn that has it and trained there",
+}
+
+
+def _all_turns_rendered(ctx, convs, tok) -> None:
+    """Under ``reasoning = "all_turns"``, every assistant message's reasoning must reach the
+    text the model sees: a template that drops it (Qwen3 before the last user query) loses it."""
+    from ..failures import fail
+    from .labels import expected_labels
+
+    exs, _ = expected_labels(ctx, convs, tok)
+    for i, ex in enumerate(exs):
+        lost = [j for j, field in ex.unrendered if field == "reasoning_content"]
+        if lost:
+            j = lost[0]
+            fail(ctx, f"S15: example {i}: the reasoning of assistant message {j} is not in the "
+                      "rendered text, but the declared reasoning rule is 'all_turns' (every "
+                      "assistant turn keeps its reasoning): the chat template drops it "
+                      f"(reasoning_content {messages_of(convs[i])[j]['reasoning_content'][:60]!r})."
+                      " Declare reasoning = 'template' (or 'last_turn'), or use a template "
+                      "that renders reasoning on every turn (verl#3477, TRL#6361).",
+                 conversations=convs)

@@ -138,7 +138,7 @@ def agentic_inputs(ctx: Context, tok) -> list:
     ``tools`` on a template that renders them."""
     if not getattr(ctx.target, "tools", False) or not is_bpe(ctx):
         return []
-    from .agentic import PARALLEL, REASONING, WEATHER, renders_tools
+    from .agentic import PARALLEL, REASONING, REASONING_FOLLOW_UP, WEATHER, renders_tools
 
     if renders_tools(tok):
         return []
@@ -151,14 +151,15 @@ def agentic_inputs(ctx: Context, tok) -> list:
         except TemplateError:
             return False
 
-    batch = [c for c in (WEATHER, PARALLEL, REASONING)
-             if (getattr(ctx.target, "multi_turn", True) or c is not PARALLEL) and renders(c)]
+    batch = [c for c in (WEATHER, PARALLEL, REASONING, REASONING_FOLLOW_UP)
+             if (getattr(ctx.target, "multi_turn", True)
+                 or c not in (PARALLEL, REASONING_FOLLOW_UP)) and renders(c)]
     import copy
 
     batch = copy.deepcopy(batch)
     if batch and fits(ctx, batch, tok):
         ctx.notes.append(f"judged {len(batch)} pinned tool conversation(s) (a call and its "
-                         "result, parallel calls, reasoning)")
+                         "result, parallel calls, reasoning, reasoning before a follow-up)")
         return [batch]
     return []
 
@@ -193,7 +194,8 @@ def special_inputs(ctx: Context, tok, *, multi_turn: bool = False, kinds=None,
 
 def fits(ctx, convs, tok) -> bool:
     return all(
-        len(build_example(c, tok, policy=ctx.decl.turn_policy)) <= ctx.max_length for c in convs
+        len(build_example(c, tok, policy=ctx.decl.turn_policy, reasoning=ctx.decl.reasoning))
+        <= ctx.max_length for c in convs
     )
 
 
@@ -207,7 +209,7 @@ def require_renders(ctx, convs, tok) -> None:
         return
     for c in convs:
         try:
-            build_example(c, tok, policy=ctx.decl.turn_policy)
+            build_example(c, tok, policy=ctx.decl.turn_policy, reasoning=ctx.decl.reasoning)
         except TemplateError as exc:
             require(ctx, False, f"the chat template refuses a drawn tool conversation "
                                 f"({str(exc).split(': ')[-1][:80]})")
@@ -217,7 +219,8 @@ def require_fits(ctx, convs, tok) -> None:
     """Judge only conversations that fit ``max_length``; count the others with the reason."""
     require_renders(ctx, convs, tok)
     if not fits(ctx, convs, tok):
-        longest = max(len(build_example(c, tok, policy=ctx.decl.turn_policy)) for c in convs)
+        longest = max(len(build_example(c, tok, policy=ctx.decl.turn_policy,
+                                        reasoning=ctx.decl.reasoning)) for c in convs)
         require(
             ctx,
             False,

@@ -23,14 +23,15 @@ def expected_labels(ctx, convs, tok):
     import json
 
     key = (id(tok), tok.name_or_path, ctx.decl.turn_policy, ctx.decl.tokenization,
-           json.dumps(convs, sort_keys=True, default=str))
+           ctx.decl.reasoning, json.dumps(convs, sort_keys=True, default=str))
     memo = ctx.memo.setdefault("expected_labels", {})
     if key not in memo:
         if len(memo) > 4096:
             memo.clear()
         exs = [
             build_example(
-                c, tok, policy=ctx.decl.turn_policy, index=i, tokenization=ctx.decl.tokenization
+                c, tok, policy=ctx.decl.turn_policy, index=i, tokenization=ctx.decl.tokenization,
+                reasoning=ctx.decl.reasoning,
             )
             for i, c in enumerate(convs)
         ]

@@ -176,7 +176,8 @@ def check_multi_turn_policy(ctx: Context) -> None:
                 continue  # S1's finding
             got = canonical_labels(batch, seg, labels_shifted=ctx.decl.labels_shifted)
             got += [IGNORE_INDEX] * (len(ex) - len(got))
-            full = build_example(conv, tok, policy="all", tokenization=ctx.decl.tokenization)
+            full = build_example(conv, tok, policy="all", tokenization=ctx.decl.tokenization,
+                                 reasoning=ctx.decl.reasoning)
             turns = full.turns
             for k, span in enumerate(turns):
                 trained = any(got[t] != IGNORE_INDEX for t in range(span.start, span.stop))

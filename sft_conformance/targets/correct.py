@@ -746,11 +746,35 @@ class AgenticGenerationTags(Plain):
         return kept
 
 
+class AgenticGenerationTagsLastTurn(AgenticGenerationTags):
+    """Declares reasoning = "last_turn": the data path drops reasoning_content from every
+    assistant message but the last before the tagged template labels it (its own loop, no
+    reference code)."""
+
+    name = "correct-agentic-last-turn-reasoning"
+    tokenizer = "qwen3"
+    reasoning = "last_turn"
+
+    def examples(self, conversations, tokenizer, max_length):
+        stripped = []
+        for conv in conversations:
+            messages = conv["messages"] if isinstance(conv, dict) else conv
+            last = max((j for j, m in enumerate(messages) if m["role"] == "assistant"),
+                       default=-1)
+            messages = [m if j == last or m["role"] != "assistant"
+                        else {k: v for k, v in m.items() if k != "reasoning_content"}
+                        for j, m in enumerate(messages)]
+            stripped.append(dict(conv, messages=messages) if isinstance(conv, dict)
+                            else messages)
+        return super().examples(stripped, tokenizer, max_length)
+
+
 _ALL = [Plain, OwnException, PadToMultipleOf8, BaseModelEos, Bf16Autocast, RightPadAllOnesMask,
         LeftPadding, LengthGrouped, NoAttentionMask, PackedUndeclared, PaddingFree, Shifted,
         SumOverCount, Float32Loss, TrainsAfterEotUnused, LastTurnOnly, DropOverlong,
         TruncatePrompt,
-        TruncateEnd, Llama3, WithOptions, PerTurn, AgenticGenerationTags]
+        TruncateEnd, Llama3, WithOptions, PerTurn, AgenticGenerationTags,
+        AgenticGenerationTagsLastTurn]
 
 REGISTRY = {cls.name: f"{__name__}:{cls.__name__}" for cls in _ALL}
 

@@ -17,7 +17,8 @@ class ReferenceTarget:
 
     def collate(self, conversations, tokenizer, max_length):
         return Collator(labels_shifted=self.labels_shifted, policy=self.turn_policy,
-                        overlong=self.overlong)(conversations, tokenizer, max_length)
+                        overlong=self.overlong, reasoning=self.reasoning)(
+            conversations, tokenizer, max_length)
 
     def loss(self, logits, labels, num_items_in_batch=None):
         return sft_loss(logits, labels, labels_shifted=self.labels_shifted,
