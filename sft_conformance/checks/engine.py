@@ -19,7 +19,11 @@ from ..strategies import CHAR_ALPHABET, conversations
 # -- drawing inputs -----------------------------------------------------------------------------
 
 
-def conversation_strategy(ctx: Context, *, max_turns=3, adversarial=True, min_turns=1):
+def conversation_strategy(ctx: Context, *, max_turns=3, adversarial=True, min_turns=1,
+                          agentic=False):
+    """Drawn conversations for a check. ``agentic``: for a target that declares ``tools`` on a
+    template that renders them, half the draws are tool conversations (calls, results,
+    reasoning, follow-ups) instead of plain chat (the checks that pass it judge both shapes)."""
     char = ctx.tokenizer().name_or_path.endswith("seed001")
     single = not getattr(ctx.target, "multi_turn", True)
     system = False if (char or single or not getattr(ctx.target, "system_prompt", True)) else None
@@ -32,7 +36,25 @@ def conversation_strategy(ctx: Context, *, max_turns=3, adversarial=True, min_tu
     )
     if min_turns > 1:
         strategy = strategy.filter(lambda c: sum(m["role"] == "assistant" for m in c) >= min_turns)
+    if agentic and draws_agentic(ctx):
+        from ..strategies import agentic_conversations
+
+        strategy = st.one_of(strategy, agentic_conversations(
+            max_rounds=1 if single else 2, follow_up=False if single else None, system=system))
     return strategy
+
+
+def draws_agentic(ctx: Context) -> bool:
+    """Whether the checks draw tool conversations for this target: it declares ``tools`` and the
+    template renders them (once per check)."""
+    if "draws_agentic" not in ctx.memo:
+        ok = bool(getattr(ctx.target, "tools", False)) and is_bpe(ctx)
+        if ok:
+            from .agentic import renders_tools
+
+            ok = renders_tools(ctx.tokenizer()) is None
+        ctx.memo["draws_agentic"] = ok
+    return ctx.memo["draws_agentic"]
 
 
 def batch_strategy(ctx, *, min_size=1, max_size=3, **kwargs):

@@ -71,7 +71,7 @@ def check_first_response_token_trained(ctx: Context) -> None:
     ]
     run_property(
         ctx,
-        batch_strategy(ctx, adversarial=False),
+        batch_strategy(ctx, adversarial=False, agentic=True),
         prop,
         pinned=pinned[:1] if is_bpe(ctx) else pinned[1:],
         special=special_inputs(ctx, ctx.tokenizer(), agentic=True),
@@ -97,7 +97,7 @@ def check_no_prompt_or_glue_trained(ctx: Context) -> None:
     pinned = [([conv], pad_eos) for pad_eos in (False, True) if pad_eos_allowed(ctx, pad_eos)]
     run_property(
         ctx,
-        st.tuples(batch_strategy(ctx, adversarial=False), pad_eos_strategy(ctx)),
+        st.tuples(batch_strategy(ctx, adversarial=False, agentic=True), pad_eos_strategy(ctx)),
         prop,
         pinned=pinned if is_bpe(ctx) else (),
         **special_pad_eos(ctx, agentic=True),
@@ -145,7 +145,7 @@ def check_end_of_turn_trained(ctx: Context) -> None:
     ]
     run_property(
         ctx,
-        st.tuples(batch_strategy(ctx, adversarial=False), pad_eos_strategy(ctx)),
+        st.tuples(batch_strategy(ctx, adversarial=False, agentic=True), pad_eos_strategy(ctx)),
         prop,
         pinned=[p for p in pinned if pad_eos_allowed(ctx, p[1])] if is_bpe(ctx) else (),
         **special_pad_eos(ctx, agentic=True),

@@ -142,7 +142,8 @@ def check_option_invariance(ctx: Context) -> None:
                     )
 
     run_property(
-        ctx, batch_strategy(ctx, min_size=2, max_turns=2, adversarial=False), prop, budget=0.3
+        ctx, batch_strategy(ctx, min_size=2, max_turns=2, adversarial=False, agentic=True), prop,
+        budget=0.3
     )
 
 

@@ -155,7 +155,8 @@ def check_padding_invariance(ctx: Context) -> None:
     ]
     run_property(
         ctx,
-        st.tuples(batch_strategy(ctx, min_size=2, max_turns=2), pad_eos_strategy(ctx)),
+        st.tuples(batch_strategy(ctx, min_size=2, max_turns=2, agentic=True),
+                  pad_eos_strategy(ctx)),
         prop,
         budget=0.3,
         special=special,

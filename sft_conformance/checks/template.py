@@ -162,7 +162,7 @@ def check_template_parity(ctx: Context) -> None:
             )
 
     pinned = [[[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "the answer"}]]]
-    run_property(ctx, batch_strategy(ctx), prop, pinned=pinned if is_bpe(ctx) else (),
+    run_property(ctx, batch_strategy(ctx, agentic=True), prop, pinned=pinned if is_bpe(ctx) else (),
                  special=special_inputs(ctx, tok, agentic=True))
 
 
