@@ -69,7 +69,7 @@ def library_versions() -> dict:
     out = {"python": platform.python_version()}
     for dist in ("sft-conformance", "torch", "transformers", "tokenizers", "hypothesis", "trl",
                  "torchtune", "lm-eval", "litgpt", "verl", "ms-swift", "llamafactory",
-                 "axolotl", "openrlhf"):
+                 "axolotl", "openrlhf", "tinker-cookbook", "oumi"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

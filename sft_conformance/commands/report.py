@@ -46,6 +46,11 @@ def add_arguments(parser) -> None:
                         help="the agentic matrix: the targets that declare tools (a library's "
                              "with --library), checks S1, S3, S4, S13, S14, S15, written to "
                              "OUT/agentic[-TOKENIZER].{md,json}")
+    parser.add_argument("--collect", metavar="DIR", default=None,
+                        help="with --agentic: collect the agentic reports under DIR (its "
+                             "agentic-*.json and each library folder's) into "
+                             "DIR/agentic.{md,json}, "
+                             "running nothing")
     parser.add_argument("--library", default=None, metavar="NAME",
                         help="the targets of one library adapter (litgpt, verl, ...; run it in "
                              "the library's tox environment), written to OUT/NAME/ (--out "
@@ -70,6 +75,18 @@ def run(args) -> int:
         if getattr(args, "agentic", False):
             parts.append("--agentic")
         command = "sft-conformance report " + " ".join(parts)
+    if getattr(args, "collect", None):
+        from sft_conformance import agentic_matrix
+        from sft_conformance.cli import UsageError
+
+        if not getattr(args, "agentic", False):
+            raise UsageError("--collect gathers agentic reports: pass --agentic")
+        if not Path(args.collect).is_dir():
+            raise UsageError(f"--collect {args.collect}: no such directory")
+        md, js = agentic_matrix.write(Path(args.collect), command)
+        print(md.read_text(encoding="utf-8").split("\n## ")[0])
+        print(f"wrote {md} and {js}")
+        return 0
     if getattr(args, "library", None):
         from sft_conformance.adapters import LIBRARIES, library_targets
         from sft_conformance.cli import UsageError
