@@ -105,6 +105,10 @@ def run(args) -> int:
             parts.append("--agentic")
         if getattr(args, "shard", None):
             parts.append("--shard {}/{}".format(*args.shard))
+        if getattr(args, "merge", None):
+            parts.append("--merge " + " ".join(shlex.quote(m) for m in args.merge))
+        if getattr(args, "allow_missing", False):
+            parts.append("--allow-missing")
         if getattr(args, "jobs", 1) != 1:
             parts.append(f"-j {args.jobs}")
         command = "sft-conformance report " + " ".join(parts)
@@ -129,6 +133,9 @@ def run(args) -> int:
         args.targets = list(args.targets) or [
             t for t in library_targets(args.library)
             if not getattr(args, "agentic", False) or _declares_tools(t)]
+        if not args.targets:  # else the default targets would run in the library's place
+            raise UsageError(f"--agentic --library {args.library}: no target of "
+                             f"{args.library} declares tools")
         if not args.out:
             args.out = default_out(args.library)
         # the library's hand-confirmed findings: beside the report, else the committed ones
