@@ -76,46 +76,72 @@ class HandLoop:
 AGENTIC_CHECKS = ["S1", "S3", "S4", "S13", "S14", "S15"]
 
 
-def run_matrix(targets, *, profile="ci", tokenizer=None, progress=print,
-               only: list[str] | None = None) -> dict:
-    """Run every check (or the ``only`` ones) on every target; targets with a ``forward`` also
-    run the model-level checks (S5, S8) under the hand-written-loop call convention."""
-    from .runner import check_target, library_versions
+def run_row(spec, profile="ci", tokenizer=None, only: list[str] | None = None) -> dict:
+    """One row of the matrix: every check (or the ``only`` ones) on ``spec``, with the hand-loop
+    re-run of S5 and S8 for a target with a ``forward``, the library warnings it raised and its
+    seconds, as the JSON entry of the report (a worker process of ``report -j N`` runs this)."""
+    from .runner import check_target
     from .target import declared, load_target
 
+    t0 = time.perf_counter()
+    with library_warnings.captured() as seen:  # summarised once per row, not per call
+        run = check_target(spec, profile=profile, tokenizer=tokenizer, only=only)
+        entry = run.to_json()
+        entry["convention"] = "target.forward (the library's trainer call)"
+        if run.error is None and (only is None or {"S5", "S8"} & set(only)):
+            obj = load_target(spec)
+            d = declared(obj)
+            if d.has_forward and not d.missing:
+                hand = check_target(HandLoop(obj), profile=profile, tokenizer=tokenizer,
+                                    only=["S5", "S8"], spec=spec)
+                entry["hand_loop"] = [r.to_json() for r in hand.results]
+            else:
+                entry["convention"] = ("model(input_ids, attention_mask, position_ids), "
+                                       "default config (no forward declared)")
+    entry["library_warnings"] = library_warnings.summarise(seen)
+    entry["seconds"] = round(time.perf_counter() - t0, 1)
+    return entry
+
+
+def row_line(spec, entry: dict) -> list[str]:
+    """The lines printed when a row is done: its statuses and seconds, then its warnings."""
+    statuses = " ".join(f"{c['id']}:{c['status']}" for c in entry["checks"])
+    if _not_installed(entry):
+        statuses = "every check skipped, " + entry["checks"][0]["message"].splitlines()[0]
+    return [f"{spec}: {statuses or entry['error']} ({entry['seconds']}s)",
+            *(f"  {line}" for line in library_warnings.lines(entry["library_warnings"]))]
+
+
+def run_matrix(targets, *, profile="ci", tokenizer=None, progress=print,
+               only: list[str] | None = None, jobs: int = 1,
+               show_progress: bool | None = False) -> dict:
+    """Run every check (or the ``only`` ones) on every target; targets with a ``forward`` also
+    run the model-level checks (S5, S8) under the hand-written-loop call convention.
+
+    ``jobs > 1`` runs the rows in that many worker processes (sft_conformance.parallel); the
+    rows keep the order of ``targets``. ``show_progress``: a progress bar on stderr (None: when
+    stderr is a terminal)."""
+    from . import parallel
+    from .runner import library_versions
+
     started = time.perf_counter()
-    runs = []
-    for spec in targets:
-        t0 = time.perf_counter()
-        with library_warnings.captured() as seen:  # summarised once per row, not per call
-            run = check_target(spec, profile=profile, tokenizer=tokenizer, only=only)
-            entry = run.to_json()
-            entry["convention"] = "target.forward (the library's trainer call)"
-            if run.error is None and (only is None or {"S5", "S8"} & set(only)):
-                obj = load_target(spec)
-                d = declared(obj)
-                if d.has_forward and not d.missing:
-                    hand = check_target(HandLoop(obj), profile=profile, tokenizer=tokenizer,
-                                        only=["S5", "S8"], spec=spec)
-                    entry["hand_loop"] = [r.to_json() for r in hand.results]
-                else:
-                    entry["convention"] = ("model(input_ids, attention_mask, position_ids), "
-                                           "default config (no forward declared)")
-        entry["library_warnings"] = library_warnings.summarise(seen)
-        entry["seconds"] = round(time.perf_counter() - t0, 1)
-        runs.append(entry)
-        statuses = " ".join(f"{c['id']}:{c['status']}" for c in entry["checks"])
-        if _not_installed(entry):
-            statuses = "every check skipped, " + entry["checks"][0]["message"].splitlines()[0]
-        progress(f"{spec}: {statuses or entry['error']} ({entry['seconds']}s)")
-        for line in library_warnings.lines(entry["library_warnings"]):
-            progress(f"  {line}")
+    targets = list(targets)
+    done: dict[int, dict] = {}
+    items = [(spec, profile, tokenizer, only) for spec in targets]
+    with parallel.progress(len(items), "report", enabled=show_progress, echo=progress) as bar:
+        for i, entry in parallel.run_rows(run_row, items, jobs=jobs):
+            done[i] = entry
+            for line in row_line(targets[i], entry):
+                bar.echo(line)
+            bar.update()
+    runs = [done[i] for i in range(len(targets))]
     return {"generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "versions": library_versions(), "profile": profile, "tokenizer": tokenizer,
             "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores, "
                        f"{platform.system()}",
             "seconds": round(time.perf_counter() - started, 1), "runs": runs,
-            **({"only": list(only)} if only else {})}
+            **({"only": list(only)} if only else {}),
+            **({"jobs": jobs} if jobs > 1 else {})}
 
 
 #: what the rows and the last column of the matrix are
@@ -226,13 +252,14 @@ def render_markdown(data: dict, command: str) -> str:
              "xfail a failure the "
              "target declares (reason below), – skipped (reason below), error the target raised.",
              "", f"- Command: `{command}`", f"- Generated: {data['generated']} on "
-             f"{data['machine']}, profile `{data['profile']}`, {data['seconds']} s",
+             f"{data['machine']}, profile `{data['profile']}`, {data['seconds']} s"
+             + (f" (the sum of {len(data['parts'])} parts)" if data.get("parts") else ""),
              "- Versions: " + ", ".join(f"{k} {v}" for k, v in data["versions"].items()),
              *[f"- Rows re-run: `{u['command']}` ({u['generated']}, {u['seconds']} s): "
                + ", ".join(f"`{t}`" for t in u["targets"])
                + ("" if u["versions"] == data["versions"] else "; versions: " + ", ".join(
                    f"{k} {v}" for k, v in u["versions"].items()))
-               for u in data.get("updates", [])], "",
+               for u in data.get("updates", [])], *_part_lines(data), "",
              "| target | " + " | ".join(ids) + (" | S5/S8 hand loop |" if hand_col else " |"),
              "|---|" + "---|" * len(ids) + ("---|" if hand_col else "")]
     absent = [run for run in data["runs"] if _not_installed(run)]
@@ -321,6 +348,127 @@ def update(data: dict, new: dict, command: str) -> dict:
     record = {"command": command, "generated": new["generated"], "seconds": new["seconds"],
               "targets": [run["spec"] for run in new["runs"]], "versions": new["versions"]}
     return dict(data, runs=runs, updates=[*data.get("updates", []), record])
+
+
+def shard(targets: list[str], k: int, n: int) -> list[str]:
+    """The K-th of N slices of ``targets`` (1-based), round robin: targets K, K+N, K+2N...
+    (the slow library rows, next to each other in the default order, spread over the shards)."""
+    return list(targets)[k - 1::n]
+
+
+def part_path(out_dir: Path, tokenizer: str | None, agentic: bool, k: int, n: int) -> Path:
+    """``conformance[-TOKENIZER].part-K-of-N.json`` (``agentic...`` for the agentic matrix)."""
+    _, js = paths(out_dir, tokenizer, agentic)
+    return js.with_name(f"{js.stem}.part-{k}-of-{n}.json")
+
+
+def write_part(data: dict, path: Path, command: str) -> Path:
+    """A shard's partial report: its rows, marked ``partial``, with its own command, versions,
+    machine and seconds (``report --merge`` renders the matrix from the parts)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(dict(data, command=command), indent=1, default=str) + "\n",
+                    encoding="utf-8")
+    return path
+
+
+#: what parts must agree on to be merged into one matrix
+_SAME = (("profile", "profile"), ("tokenizer", "tokenizer"), ("agentic", "agentic-ness"),
+         ("only", "checks (--agentic or not)"))
+
+
+def merge(parts: list[tuple[str, dict]], *, order: list[str] | None = None,
+          allow_missing: bool = False) -> dict:
+    """One matrix from the partial reports ``parts`` (``(path, data)`` pairs, from
+    ``report --shard K/N``; a full report counts as one part of its own rows).
+
+    Rows come in ``order`` (the default target order), then in the parts' own order. Parts of
+    different profiles, tokenizers or agentic-ness are refused, and so are a row two parts both
+    judged and a row a part's target list expects that no part ran (unless
+    ``allow_missing``); a row whose library was not installed in one part gives way to the part
+    that had it. ConfigurationError, one line, for every refusal."""
+    from .errors import ConfigurationError
+
+    if not parts:
+        raise ConfigurationError("--merge needs at least one part")
+    first_path, first = parts[0]
+    for path, data in parts[1:]:
+        for key, what in _SAME:
+            a = bool(first.get(key)) if key == "agentic" else first.get(key)
+            b = bool(data.get(key)) if key == "agentic" else data.get(key)
+            if a != b:
+                raise ConfigurationError(
+                    f"--merge: {path} has {what} {b!r}, {first_path} has {a!r}: parts of one "
+                    "matrix share profile, tokenizer and agentic-ness")
+    expected: list[str] = []
+    rows: dict[str, dict] = {}
+    source: dict[str, str] = {}
+    for path, data in parts:
+        if "runs" not in data:
+            raise ConfigurationError(f"--merge: {path} is no report (no runs)")
+        part = data.get("partial") or {}
+        expected += [t for t in part.get("targets", [r["spec"] for r in data["runs"]])
+                     if t not in expected]
+        for run in data["runs"]:
+            spec = run["spec"]
+            have = rows.get(spec)
+            if have is not None:
+                if _not_installed(run):
+                    continue
+                if not _not_installed(have):
+                    raise ConfigurationError(
+                        f"--merge: row {spec!r} is in both {source[spec]} and {path} "
+                        "(overlapping parts)")
+            rows[spec] = run
+            source[spec] = path
+    missing = [t for t in expected if t not in rows]
+    if missing and not allow_missing:
+        raise ConfigurationError(
+            f"--merge: {len(missing)} row(s) missing ({', '.join(missing[:5])}"
+            f"{', ...' if len(missing) > 5 else ''}): a part was not given "
+            "(--allow-missing renders the matrix without them)")
+    rank = {t: i for i, t in enumerate(order or [])}
+    seen = {t: i for i, t in enumerate(expected)}
+    ordered = sorted(rows, key=lambda t: (rank.get(t, len(rank)), seen.get(t, len(seen))))
+    common = {k: v for k, v in first.get("versions", {}).items()
+              if all(d.get("versions", {}).get(k) == v for _, d in parts)}
+    described = []
+    for path, data in parts:
+        part = data.get("partial") or {}
+        described.append({"path": path, "shard": part.get("shard", "whole"),
+                          "command": data.get("command", "?"),
+                          "generated": data.get("generated", "?"),
+                          "machine": data.get("machine", "?"),
+                          "seconds": data.get("seconds", 0),
+                          "versions": data.get("versions", {}),
+                          "rows": [r["spec"] for r in data["runs"]
+                                   if source.get(r["spec"]) == path]})
+    merged = {"generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "versions": common, "profile": first.get("profile"),
+              "tokenizer": first.get("tokenizer"),
+              "machine": "; ".join(dict.fromkeys(d["machine"] for d in described)),
+              "seconds": round(sum(float(d["seconds"] or 0) for d in described), 1),
+              "runs": [rows[t] for t in ordered], "parts": described,
+              **({"missing": missing} if missing else {})}
+    for key in ("agentic", "only"):
+        if first.get(key):
+            merged[key] = first[key]
+    return merged
+
+
+def _part_lines(data: dict) -> list[str]:
+    """The header lines of a merged matrix: each part's command, machine, seconds, rows and
+    the versions where they differ from the common ones."""
+    lines = []
+    for p in data.get("parts", []):
+        other = {k: v for k, v in p["versions"].items() if data["versions"].get(k) != v}
+        lines.append(f"- Part {p['shard']}: `{p['command']}` ({p['generated']}, {p['machine']}, "
+                     f"{p['seconds']} s): {len(p['rows'])} rows"
+                     + ("; versions: " + ", ".join(f"{k} {v}" for k, v in other.items())
+                        if other else ""))
+    if data.get("missing"):
+        lines.append("- Rows missing (merged with --allow-missing): "
+                     + ", ".join(f"`{t}`" for t in data["missing"]))
+    return lines
 
 
 def write(data: dict, out_dir: Path, command: str) -> tuple[Path, Path]:

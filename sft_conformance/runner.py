@@ -51,6 +51,7 @@ class TargetRun:
     results: list[CheckResult] = field(default_factory=list)
     error: str | None = None
     declared: dict = field(default_factory=dict)
+    collate_calls: dict | None = None  # with the collate memo: calls asked, calls made
 
     @property
     def ok(self) -> bool:
@@ -297,16 +298,83 @@ def innermost_traceback(exc: BaseException, frames: int = 8) -> str:
                                               limit=-frames))
 
 
+#: ``SFT_CONFORMANCE_COLLATE_ONCE=0`` turns the collate memo of :func:`check_target` off
+COLLATE_ONCE_ENV = "SFT_CONFORMANCE_COLLATE_ONCE"
+
+
+def _tokenizer_state(tok) -> tuple:
+    """What a check could change on a tokenizer object between two identical calls."""
+    template = getattr(tok, "chat_template", None)
+    return tuple(getattr(tok, a, None) for a in (
+        "padding_side", "truncation_side", "pad_token_id", "eos_token_id", "bos_token_id",
+        "model_max_length", "add_bos_token", "add_eos_token")) + (
+        len(tok) if hasattr(tok, "__len__") else None,
+        hash(template) if isinstance(template, str) else repr(template))
+
+
+class CollateOnce:
+    """A target whose identical ``collate`` calls are made once per run of the checks: the
+    same conversations, the same tokenizer object (in the same state) and the same
+    ``max_length`` give a deep copy of the batch the first call returned (no check can mutate
+    another's input). A call that raises is not remembered. Everything else is the target's.
+
+    ``calls``: the calls the checks made; ``made``: those that reached the target."""
+
+    def __init__(self, inner):
+        object.__setattr__(self, "_inner", inner)
+        object.__setattr__(self, "_memo", {})
+        object.__setattr__(self, "calls", 0)
+        object.__setattr__(self, "made", 0)
+
+    def __getattr__(self, key):
+        return getattr(self._inner, key)
+
+    def __setattr__(self, key, value):
+        setattr(self._inner, key, value)
+
+    def collate(self, conversations, tokenizer, max_length):
+        import copy
+
+        object.__setattr__(self, "calls", self.calls + 1)
+        try:
+            key = (repr(conversations), id(tokenizer), _tokenizer_state(tokenizer), max_length)
+        except Exception:  # an unusual tokenizer: no memo for it
+            key = None
+        hit = self._memo.get(key) if key is not None else None
+        if hit is not None and hit[0] is tokenizer:
+            return copy.deepcopy(hit[1])
+        object.__setattr__(self, "made", self.made + 1)
+        batch = self._inner.collate(conversations, tokenizer, max_length)
+        if key is not None:
+            try:  # the tokenizer is held, so its id is not reused by another object
+                self._memo[key] = (tokenizer, copy.deepcopy(batch))
+            except Exception:  # a batch that cannot be copied is not remembered
+                pass
+        return batch
+
+
+def collate_once_default() -> bool:
+    import os
+
+    return os.environ.get(COLLATE_ONCE_ENV, "1").strip().lower() not in ("0", "false", "no",
+                                                                        "off")
+
+
 def check_target(target, *, tokenizer: str | None = None, profile: str | None = None,
                  only: list[str] | None = None, spec: str | None = None,
                  shrink: bool = True, distributed: bool = False, strict: bool = False,
-                 max_length: int | None = None) -> TargetRun:
+                 max_length: int | None = None,
+                 collate_once: bool | None = None) -> TargetRun:
     """Run every check on ``target`` (an object, a built-in name or ``module:attr``).
 
     ``shrink=False`` reports the first counterexample found instead of a minimal one (faster;
     for mutation testing). Returns a :class:`TargetRun` whose ``results`` hold one
     :class:`CheckResult` per check.
     A target that cannot be loaded or does not follow the protocol gives a run with ``error``.
+
+    ``collate_once`` (default on; ``SFT_CONFORMANCE_COLLATE_ONCE=0`` turns it off): identical
+    ``collate`` calls within this run are made once (:class:`CollateOnce`); ``run.collate_calls``
+    says how many calls the checks made and how many reached the target.
     """
     label = spec or (target if isinstance(target, str) else getattr(target, "name", "target"))
     try:
@@ -322,6 +390,15 @@ def check_target(target, *, tokenizer: str | None = None, profile: str | None = 
                     declared={k: v for k, v in asdict(d).items()
                               if k not in ("options", "description")}
                     | {"options": sorted(d.options)})
+    memo = None
+    if collate_once is None:
+        collate_once = collate_once_default()
+    if pairs and collate_once and not d.missing:
+        ctx = pairs[0][0]  # one context for every check of the run
+        memo = ctx.target = CollateOnce(ctx.target)
     for ctx, check in pairs:
         run.results.append(run_check(ctx, check))
+    if memo is not None:
+        run.collate_calls = {"calls": memo.calls, "made": memo.made}
+        ctx.target = memo._inner
     return run

@@ -28,7 +28,7 @@ def stub_matrix(monkeypatch):
     """run_matrix returns canned rows: 'failed' the first time a target runs, 'passed' after."""
     seen = set()
 
-    def fake(targets, *, profile="ci", tokenizer=None, progress=print):
+    def fake(targets, *, profile="ci", tokenizer=None, progress=print, **_):
         runs = [_run(t, "passed" if t in seen else "failed") for t in targets]
         seen.update(targets)
         return _matrix(runs, f"run {len(seen)}")

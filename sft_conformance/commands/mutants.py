@@ -17,6 +17,95 @@ def add_arguments(parser) -> None:
                         help="also run everything with this tokenizer (a real family such as "
                              "qwen2.5 or mistral, see 'targets --tokenizers'); repeatable; "
                              "adds the mutant x tokenizer and correct x tokenizer tables")
+    parser.add_argument("-j", "--jobs", type=_jobs, default=1, metavar="N",
+                        help="run the targets in N worker processes (0: one per CPU core; "
+                             "default 1, in this process); the tables keep their order")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (it is shown only when stderr is a terminal)")
+
+
+def _jobs(value: str) -> int:
+    from sft_conformance.parallel import jobs_argument
+
+    return jobs_argument(value)
+
+
+def run_one(name: str, profile: str, tokenizer: str | None, only: list[str] | None):
+    """One row of the tables: every check (or ``only``) on the mutant or correct target
+    ``name``, without counterexamples (the tables do not show them; a worker process of
+    ``mutants -j N`` returns this run to the parent)."""
+    from sft_conformance.runner import check_target
+
+    run_ = check_target(name, profile=profile, tokenizer=tokenizer, only=only)
+    for r in run_.results:
+        r.counterexample = None
+    return run_
+
+
+def _plan(args, tokenizer) -> list[tuple]:
+    """The rows of one tokenizer: ``(kind, name, why)``, kind "kill", "n/a" (why: the bug
+    cannot occur under this tokenizer) or "correct"."""
+    from sft_conformance.mutants import KILLS, not_applicable
+
+    tok = None
+    if tokenizer is not None:
+        from sft_conformance.assets import load_tokenizer
+
+        tok = load_tokenizer(tokenizer)
+    rows = []
+    for name in KILLS:
+        if args.mutant and name not in args.mutant:
+            continue
+        why = not_applicable(name, tok) if tok is not None else None
+        rows.append(("n/a", name, why) if why else ("kill", name, None))
+    if not args.mutant and not args.no_correct:
+        from sft_conformance.targets.correct import HOW
+
+        rows += [("correct", name, None) for name in HOW]
+    return rows
+
+
+def _line(kind: str, name: str, tokenizer, run_, why=None) -> str:
+    """The line printed when a row is done."""
+    from sft_conformance.mutants import KILLS
+
+    where = "" if tokenizer is None else f" under {tokenizer}"
+    if kind == "n/a":
+        return f"{name}: n/a{where}: {why}"
+    if kind == "kill":
+        meant = KILLS[name]
+        killed = {r.id: r.status for r in run_.results}.get(meant) == "failed"
+        return f"{name}: {meant} {'killed' if killed else 'SURVIVED'}{where}"
+    bad = [f"{r.id} {r.status}" for r in run_.results if r.status not in ("passed", "skipped")]
+    return f"{name}: {'passes' if not bad else 'FALSE ALARM ' + ', '.join(bad)}{where}"
+
+
+def _run_all(args, known: list[str]) -> dict:
+    """Every row of every tokenizer, in ``args.jobs`` processes: ``{(tokenizer, name): run}``
+    (each row's line printed when it is done)."""
+    from sft_conformance import parallel
+    from sft_conformance.mutants import KILLS
+
+    plans = {t: _plan(args, None if t == "bundled" else t) for t in known}
+    items, keys = [], []
+    for t, plan in plans.items():
+        tokenizer = None if t == "bundled" else t
+        for kind, name, why in plan:
+            if kind == "n/a":
+                print(_line(kind, name, tokenizer, None, why), flush=True)
+                continue
+            only = [KILLS[name]] if kind == "kill" and args.only_meant else None
+            items.append((name, args.profile, tokenizer, only))
+            keys.append((t, kind, name))
+    runs = {}
+    with parallel.progress(len(items), "mutants",
+                           enabled=False if getattr(args, "no_progress", False) else None) as bar:
+        for i, run_ in parallel.run_rows(run_one, items, jobs=getattr(args, "jobs", 1)):
+            t, kind, name = keys[i]
+            runs[(t, name)] = run_
+            bar.echo(_line(kind, name, items[i][2], run_))
+            bar.update()
+    return {"plans": plans, "runs": runs}
 
 
 def _judged(run_, check_id):
@@ -24,61 +113,46 @@ def _judged(run_, check_id):
     return r.judged if r is not None else 0
 
 
-def _one_tokenizer(args, tokenizer):
-    """Kill rows, survivors, correct rows and false alarms under one tokenizer (None: each
-    target's own)."""
+def _one_tokenizer(args, tokenizer, done: dict):
+    """Kill rows, survivors, correct rows and false alarms under one tokenizer ("bundled":
+    each target's own), from the runs of :func:`_run_all`."""
     from tabulate import tabulate
 
-    from sft_conformance.mutants import BUGS, KILLS, not_applicable
-    from sft_conformance.runner import check_target
+    from sft_conformance.mutants import BUGS, KILLS
 
-    tok = None
-    if tokenizer is not None:
-        from sft_conformance.assets import load_tokenizer
-
-        tok = load_tokenizer(tokenizer)
-    where = "" if tokenizer is None else f" under {tokenizer}"
     rows, survivors, cells = [], [], {}
-    for name, meant in KILLS.items():
-        if args.mutant and name not in args.mutant:
-            continue
-        why = not_applicable(name, tok) if tok is not None else None
-        if why:
+    false_alarms, correct_rows, passes_cells = [], [], {}
+    for kind, name, why in done["plans"][tokenizer]:
+        if kind == "n/a":
+            meant = KILLS[name]
             cells[name] = f"n/a: {why}"
             rows.append([name, meant, "n/a", 0, "", why[:80]])
-            print(f"{name}: n/a{where}: {why}", flush=True)
             continue
-        run_ = check_target(name, profile=args.profile, tokenizer=tokenizer,
-                            only=[meant] if args.only_meant else None)
-        status = {r.id: r.status for r in run_.results}
-        caught_by = [r.id for r in run_.results if r.status in ("failed", "error")]
-        killed = status.get(meant) == "failed"
-        if not killed:
-            survivors.append(name)
-        cells[name] = (f"killed ({_judged(run_, meant)})" if killed
-                       else f"SURVIVED ({status.get(meant, run_.error)})")
-        rows.append([name, meant, "killed" if killed else "SURVIVED", _judged(run_, meant),
-                     " ".join(caught_by), BUGS[name].split(". ")[0][:80]])
-        print(f"{name}: {meant} {'killed' if killed else 'SURVIVED'}{where}", flush=True)
-    false_alarms, correct_rows, passes_cells = [], [], {}
-    if not args.mutant and not args.no_correct:
+        run_ = done["runs"][(tokenizer, name)]
+        if kind == "kill":
+            meant = KILLS[name]
+            status = {r.id: r.status for r in run_.results}
+            caught_by = [r.id for r in run_.results if r.status in ("failed", "error")]
+            killed = status.get(meant) == "failed"
+            if not killed:
+                survivors.append(name)
+            cells[name] = (f"killed ({_judged(run_, meant)})" if killed
+                           else f"SURVIVED ({status.get(meant, run_.error)})")
+            rows.append([name, meant, "killed" if killed else "SURVIVED", _judged(run_, meant),
+                         " ".join(caught_by), BUGS[name].split(". ")[0][:80]])
+            continue
         from sft_conformance.targets.correct import HOW
 
-        for name in HOW:
-            run_ = check_target(name, profile=args.profile, tokenizer=tokenizer)
-            bad = [f"{r.id} {r.status}" for r in run_.results
-                   if r.status not in ("passed", "skipped")]
-            if run_.error or bad:
-                false_alarms.append(name)
-            judged = " ".join(f"{r.id}:{r.judged}" for r in run_.results
-                              if r.status == "passed")
-            skipped = " ".join(r.id for r in run_.results if r.status == "skipped")
-            passes_cells[name] = ("FALSE ALARM: " + ", ".join(bad) if bad
-                                  else (run_.error or "passes"))
-            correct_rows.append([name, passes_cells[name], judged, skipped or "-",
-                                 HOW[name][:70]])
-            print(f"{name}: {'passes' if not bad else 'FALSE ALARM ' + ', '.join(bad)}{where}",
-                  flush=True)
+        bad = [f"{r.id} {r.status}" for r in run_.results
+               if r.status not in ("passed", "skipped")]
+        if run_.error or bad:
+            false_alarms.append(name)
+        judged = " ".join(f"{r.id}:{r.judged}" for r in run_.results if r.status == "passed")
+        skipped = " ".join(r.id for r in run_.results if r.status == "skipped")
+        passes_cells[name] = ("FALSE ALARM: " + ", ".join(bad) if bad
+                              else (run_.error or "passes"))
+        correct_rows.append([name, passes_cells[name], judged, skipped or "-",
+                             HOW[name][:70]])
     kills = tabulate(rows, headers=["mutant", "meant for", "verdict", "judged", "failed checks",
                                     "bug"], tablefmt="github")
     passes = tabulate(correct_rows, headers=["correct target", "verdict",
@@ -118,7 +192,8 @@ def run(args) -> int:
             raise UsageError(f"unknown tokenizer(s) {', '.join(bad)}: see 'sft-conformance "
                              "targets --tokenizers'")
     started = time.perf_counter()
-    results = {t: _one_tokenizer(args, None if t == "bundled" else t) for t in known}
+    done = _run_all(args, known)
+    results = {t: _one_tokenizer(args, t, done) for t in known}
     elapsed = time.perf_counter() - started
     base = results["bundled"]
     rows, kills, passes, correct_rows = (base["rows"], base["kills"], base["passes"],

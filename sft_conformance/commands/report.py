@@ -55,6 +55,40 @@ def add_arguments(parser) -> None:
                         help="the targets of one library adapter (litgpt, verl, ...; run it in "
                              "the library's tox environment), written to OUT/NAME/ (--out "
                              "reports/NAME: the committed one, with its findings.md)")
+    parser.add_argument("-j", "--jobs", type=_jobs, default=1, metavar="N",
+                        help="run the rows in N worker processes (0: one per CPU core; "
+                             "default 1, in this process); the rows keep their order")
+    parser.add_argument("--shard", type=_shard, default=None, metavar="K/N",
+                        help="run only the K-th of N round-robin slices of the targets and "
+                             "write the partial OUT/conformance[-TOKENIZER].part-K-of-N.json "
+                             "(for CI jobs; --merge renders the matrix from the parts)")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="PART.json",
+                        help="render the matrix from partial reports (report --shard) instead "
+                             "of running checks: rows in the default order, each part's "
+                             "command and versions listed")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="with --merge: render the matrix even if some parts' rows are "
+                             "missing (listed in the report)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (it is shown only when stderr is a terminal)")
+
+
+def _jobs(value: str) -> int:
+    from sft_conformance.parallel import jobs_argument
+
+    return jobs_argument(value)
+
+
+def _shard(value: str) -> tuple[int, int]:
+    import argparse
+
+    try:
+        k, n = (int(x) for x in value.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected K/N (e.g. 1/4), got {value!r}") from None
+    if not 1 <= k <= n:
+        raise argparse.ArgumentTypeError(f"expected 1 <= K <= N, got {value!r}")
+    return k, n
 
 
 def run(args) -> int:
@@ -74,6 +108,14 @@ def run(args) -> int:
             parts.append("--update")
         if getattr(args, "agentic", False):
             parts.append("--agentic")
+        if getattr(args, "shard", None):
+            parts.append("--shard {}/{}".format(*args.shard))
+        if getattr(args, "merge", None):
+            parts.append("--merge " + " ".join(shlex.quote(m) for m in args.merge))
+        if getattr(args, "allow_missing", False):
+            parts.append("--allow-missing")
+        if getattr(args, "jobs", 1) != 1:
+            parts.append(f"-j {args.jobs}")
         command = "sft-conformance report " + " ".join(parts)
     if getattr(args, "collect", None):
         from sft_conformance import agentic_matrix
@@ -87,6 +129,17 @@ def run(args) -> int:
         print(md.read_text(encoding="utf-8").split("\n## ")[0])
         print(f"wrote {md} and {js}")
         return 0
+    from sft_conformance.cli import UsageError
+
+    merging = getattr(args, "merge", None)
+    sharding = getattr(args, "shard", None)
+    if merging and (args.targets or args.from_json or sharding or getattr(args, "update", False)):
+        raise UsageError("--merge renders stored parts: no TARGETs, --from-json, --shard or "
+                         "--update with it")
+    if sharding and (args.from_json or getattr(args, "update", False)):
+        raise UsageError("--shard runs a slice of the targets: no --from-json or --update")
+    if getattr(args, "allow_missing", False) and not merging:
+        raise UsageError("--allow-missing goes with --merge")
     if getattr(args, "library", None):
         from sft_conformance.adapters import LIBRARIES, library_targets
         from sft_conformance.cli import UsageError
@@ -97,6 +150,9 @@ def run(args) -> int:
         args.targets = list(args.targets) or [
             t for t in library_targets(args.library)
             if not getattr(args, "agentic", False) or _declares_tools(t)]
+        if not args.targets:  # else the default targets would run in the library's place
+            raise UsageError(f"--agentic --library {args.library}: no target of "
+                             f"{args.library} declares tools")
         if not args.out:
             args.out = default_out(args.library)
         # the library's hand-confirmed findings: beside the report, else the committed ones
@@ -105,7 +161,9 @@ def run(args) -> int:
             if not args.notes and findings.is_file():
                 args.notes = str(findings)
     out = Path(args.out or default_out())
-    if args.from_json:
+    if merging:
+        data = _merged(args)
+    elif args.from_json:
         from sft_conformance.cli import UsageError
 
         try:
@@ -134,13 +192,33 @@ def run(args) -> int:
         agentic = getattr(args, "agentic", False)
         targets = args.targets or [t for t in default_targets()
                                    if not agentic or _declares_tools(t)]
+        everything = list(targets)
+        if sharding:
+            targets = report.shard(everything, *sharding)
+        jobs = getattr(args, "jobs", 1)
         print(f"{'agentic ' if agentic else ''}conformance matrix of {len(targets)} targets "
-              f"(profile {args.profile})", flush=True)
-        data = report.run_matrix(targets, profile=args.profile, tokenizer=args.tokenizer,
-                                 progress=lambda line: print(line, flush=True),
-                                 only=report.AGENTIC_CHECKS if agentic else None)
+              f"(profile {args.profile}"
+              + (", shard {}/{} of {} targets".format(*sharding, len(everything))
+                 if sharding else "")
+              + (f", {jobs} worker processes" if jobs > 1 else "") + ")", flush=True)
+        data = report.run_matrix(
+            targets, profile=args.profile, tokenizer=args.tokenizer,
+            progress=lambda line: print(line, flush=True),
+            only=report.AGENTIC_CHECKS if agentic else None,
+            jobs=jobs, show_progress=False if getattr(args, "no_progress", False) else None)
         if agentic:
             data["agentic"] = True
+        if sharding:
+            data["partial"] = {"shard": "{}/{}".format(*sharding), "targets": everything,
+                               **({"library": args.library} if args.library else {})}
+            path = report.write_part(data, report.part_path(out, args.tokenizer, agentic,
+                                                            *sharding), command)
+            failed = sum(1 for r in data["runs"] for c in r.get("checks", [])
+                         if c["status"] in ("failed", "error"))
+            print(f"wrote {path}: {len(data['runs'])} of {len(everything)} rows "
+                  f"({failed} failed or error checks); render the matrix with "
+                  "'sft-conformance report --merge PART.json ...'")
+            return 0
         if stored is not None:
             data = report.update(stored, data, command)
             command = stored.get("command", command)
@@ -161,6 +239,21 @@ def run(args) -> int:
     print(f"wrote {md} and {js}" + ("" if args.out else
                                      " (--out reports rewrites the committed reports)"))
     return 0
+
+
+def _merged(args) -> dict:
+    """The matrix of the parts named by ``--merge``."""
+    from sft_conformance import report
+    from sft_conformance.cli import UsageError
+
+    parts = []
+    for path in args.merge:
+        try:
+            parts.append((path, json.loads(Path(path).read_text(encoding="utf-8"))))
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--merge {path}: {exc}") from None
+    return report.merge(parts, order=default_targets(),
+                        allow_missing=getattr(args, "allow_missing", False))
 
 
 def _stored_for_update(args, out: Path) -> dict:
