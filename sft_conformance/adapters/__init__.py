@@ -60,6 +60,8 @@ REGISTRY: dict[str, str] = {
     "llamafactory-sft-mask-history": f"{_LF}:MaskHistoryTarget",
     "llamafactory-sft-packing": f"{_LF}:PackingTarget",
     "llamafactory-sft-neat-packing": f"{_LF}:NeatPackingTarget",
+    "llamafactory-sft-tools": f"{_LF}:ToolsTarget",
+    "llamafactory-sft-tools-qwen3": f"{_LF}:ToolsQwen3Target",
     # OpenRLHF (tox -e openrlhf)
     "openrlhf-sft-multiturn": f"{_ORLHF}:MultiturnTarget",
     "openrlhf-sft": f"{_ORLHF}:SingleTurnTarget",
