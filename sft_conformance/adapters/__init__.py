@@ -43,6 +43,8 @@ REGISTRY: dict[str, str] = {
     "torchtune-padded-collate-sft": f"{_TT}:PaddedCollateSFTTarget",
     "torchtune-packed": f"{_TT}:PackedTarget",
     "torchtune-packed-split": f"{_TT}:PackedSplitTarget",
+    "torchtune-tools": f"{_TT}:ToolsTarget",
+    "torchtune-tools-max-seq-len": f"{_TT}:ToolsMaxSeqLenTarget",
     # LitGPT (tox -e litgpt)
     "litgpt-sft-mask-prompt": f"{_LIT}:MaskPromptTarget",
     "litgpt-sft-default": f"{_LIT}:DefaultTarget",
