@@ -63,7 +63,7 @@ REGISTRY: dict[str, str] = {
     "llamafactory-sft-packing": f"{_LF}:PackingTarget",
     "llamafactory-sft-neat-packing": f"{_LF}:NeatPackingTarget",
     "llamafactory-sft-tools": f"{_LF}:ToolsTarget",
-    "llamafactory-sft-tools-qwen3": f"{_LF}:ToolsQwen3Target",
+    "llamafactory-sft-tools-no-thinking": f"{_LF}:ToolsNoThinkingTarget",
     # OpenRLHF (tox -e openrlhf)
     "openrlhf-sft-multiturn": f"{_ORLHF}:MultiturnTarget",
     "openrlhf-sft": f"{_ORLHF}:SingleTurnTarget",
@@ -71,6 +71,8 @@ REGISTRY: dict[str, str] = {
     "axolotl-chat-template": f"{_AXO}:ChatTemplateTarget",
     "axolotl-chat-template-eos-all": f"{_AXO}:EosAllTarget",
     "axolotl-sample-packing": f"{_AXO}:SamplePackingTarget",
+    "axolotl-chat-template-tools": f"{_AXO}:ChatTemplateToolsTarget",
+    "axolotl-chat-template-tools-train-tool": f"{_AXO}:ToolRoleTrainedTarget",
 }
 
 

@@ -229,11 +229,15 @@ class ToolsTarget(_LlamaFactoryTarget):
     ``tool_calls`` into a ``function_call`` message whose content is the JSON list of the calls,
     merges consecutive ``tool`` messages into one ``observation``, and the ``qwen`` template's
     formatters render them (``<tool_call>`` blocks, ``<tool_response>`` in a user turn). The
-    converter reads no ``reasoning_content``; it is left in the data as a user has it."""
+    template follows the tokenizer (``qwen`` for qwen2.5, ``qwen3`` for qwen3 with its default
+    ``enable_thinking: true``). The converter reads no ``reasoning_content``; it is left in the
+    data as a user has it."""
 
     name = "llamafactory-sft-tools"
     tools = True
-    reasoning = None
+    #: S15 judges what becomes of the data's ``reasoning_content`` on qwen3 (the template is
+    #: LLaMA-Factory's ``qwen3``, a ``ReasoningTemplate``); the converter does not read it
+    reasoning = "template"
     dataset_info = DATASET_INFO_OPENAI
 
     def rows(self, conversations) -> list[dict]:
@@ -247,13 +251,13 @@ class ToolsTarget(_LlamaFactoryTarget):
         return out
 
 
-class ToolsQwen3Target(ToolsTarget):
-    """:class:`ToolsTarget` with the ``qwen3`` template (LLaMA-Factory's ``ReasoningTemplate``,
-    ``enable_thinking: true`` by default: an assistant response without ``<think>`` gets an
-    empty ``<think>\\n\\n</think>\\n\\n`` prepended to its trained part). Run on the qwen3
-    tokenizer; ``reasoning = "template"`` is declared so that S15 judges what becomes of the
-    data's ``reasoning_content`` (the converter does not read it)."""
+class ToolsNoThinkingTarget(ToolsTarget):
+    """:class:`ToolsTarget` with ``enable_thinking: false``. On the qwen3 tokenizer (LLaMA-Factory's
+    ``qwen3`` template, a ``ReasoningTemplate``) the empty ``<think>\\n\\n</think>\\n\\n`` that
+    it adds to an assistant response without ``<think>`` goes into the prompt (masked) instead
+    of the response (trained); the ``qwen`` template of Qwen2.5 has no reasoning path, so there
+    it is :class:`ToolsTarget` again (run it on qwen3)."""
 
-    name = "llamafactory-sft-tools-qwen3"
+    name = "llamafactory-sft-tools-no-thinking"
     tokenizer = "qwen3"
-    reasoning = "template"
+    config = {"enable_thinking": False}

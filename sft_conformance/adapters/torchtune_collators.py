@@ -277,7 +277,8 @@ class ToolsTarget(_TorchtuneTarget):
             tokens, mask = out["tokens"], out["mask"]
             labels = [CROSS_ENTROPY_IGNORE_IDX if m else t for t, m in zip(tokens, mask)]
             samples.append({"tokens": tokens, "labels": labels})
-        batch = padded_collate_sft(samples, padding_idx=tokenizer.pad_token_id,
+        # the recipe pads with its tokenizer's pad_id (Qwen2.5: <|endoftext|>), not the suite's
+        batch = padded_collate_sft(samples, padding_idx=model_transform.pad_id,
                                    ignore_idx=CROSS_ENTROPY_IGNORE_IDX)
         return {"input_ids": batch["tokens"], "labels": recipe_shift(batch["labels"])}
 
