@@ -280,7 +280,15 @@ class ToolsTarget(_TorchtuneTarget):
         # the recipe pads with its tokenizer's pad_id (Qwen2.5: <|endoftext|>), not the suite's
         batch = padded_collate_sft(samples, padding_idx=model_transform.pad_id,
                                    ignore_idx=CROSS_ENTROPY_IGNORE_IDX)
-        return {"input_ids": batch["tokens"], "labels": recipe_shift(batch["labels"])}
+        # the recipe gives the model no attention mask (right padding, causal attention); the
+        # mask returned says which positions are padding, since torchtune's last token is
+        # <|im_end|>, which the suite's pad == eos tokenizer would read as padding
+        import torch
+
+        lengths = torch.tensor([len(s["tokens"]) for s in samples])
+        mask = (torch.arange(batch["tokens"].shape[1])[None] < lengths[:, None]).long()
+        return {"input_ids": batch["tokens"], "labels": recipe_shift(batch["labels"]),
+                "attention_mask": mask}
 
     def forward(self, model, batch):
         return model(input_ids=batch["input_ids"], use_cache=False).logits
