@@ -95,3 +95,29 @@ def test_empty_answer_can_train_the_users_end_token_instead(chatml, name):
 def test_pinned_verdicts(target):
     require_version("axolotl", "axolotl", VERSION)
     compare(target, PINNED[target])
+
+
+# -- tool conversations (agentic matrix, qwen2.5; reports/axolotl/findings-agentic.md) ---------
+
+# JSON-string arguments are decoded before rendering (Qwen2.5's tojson would encode them again)
+S1_AX = ("failed", "check", "S1: ")
+AGENTIC_PINNED = {
+    "axolotl-chat-template-tools": {"S1": S1_AX, "S3": P, "S4": S4, "S13": P, "S14": P,
+                                    "S15": P},
+    # the tool results are trained, as configured (S13 declared; S3 fails for the same tokens)
+    "axolotl-chat-template-tools-train-tool": {
+        "S1": S1_AX, "S3": S3, "S4": S4, "S13": ("xfail", "declared", "known failure: "
+                                                 "roles_to_train: [assistant, tool]"),
+        "S14": P, "S15": P},
+}
+
+
+def test_tools_declarations():
+    d = declared(load_target("axolotl-chat-template-tools"))
+    assert d.tools and d.reasoning == "template"
+
+
+@pytest.mark.parametrize("target", list(AGENTIC_PINNED))
+def test_pinned_agentic_verdicts_qwen25(target):
+    require_version("axolotl", "axolotl", VERSION)
+    compare(target, AGENTIC_PINNED[target], tokenizer="qwen2.5")

@@ -95,3 +95,28 @@ def test_packing_position_ids_are_not_padded_with_input_ids(chatml):
 def test_pinned_verdicts(target):
     require_version("llamafactory", "llamafactory", VERSION)
     compare(target, PINNED[target])
+
+
+# -- tool conversations (agentic matrix, qwen2.5; reports/llamafactory/findings-agentic.md) ----
+
+AGENTIC_PINNED = {
+    "llamafactory-sft-tools": {
+        # the OpenAI converter writes 'detailed thinking off' into the system prompt
+        "S1": ("failed", "check", "S1: example * (batch row *): input ids differ from the chat "
+                                  "template's tokenization"),
+        "S3": P, "S4": P,
+        # consecutive assistant messages: 'Invalid role tag', the example is skipped
+        **{c: ("failed", "check", f"{c}: the target refused a batch that has tokens to train")
+           for c in ("S13", "S14", "S15")}},
+}
+
+
+def test_tools_declarations():
+    d = declared(load_target("llamafactory-sft-tools"))
+    assert d.tools and d.reasoning == "template"
+
+
+@pytest.mark.parametrize("target", list(AGENTIC_PINNED))
+def test_pinned_agentic_verdicts_qwen25(target):
+    require_version("llamafactory", "llamafactory", VERSION)
+    compare(target, AGENTIC_PINNED[target], tokenizer="qwen2.5")

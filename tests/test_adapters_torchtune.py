@@ -100,3 +100,35 @@ def test_recipe_loss_is_the_token_mean(tok_gen):
         logits = target.forward(tiny_model(tok_gen), batch)
     torch.testing.assert_close(target.loss(logits, batch["labels"]),
                                sft_loss(logits, batch["labels"], labels_shifted=True))
+
+
+# -- tool conversations through torchtune's Qwen2.5 tokenizer (agentic matrix, qwen2.5;
+# reports/torchtune/findings-agentic.md) --------------------------------------------------------
+
+S1_TT = ("failed", "check", "S1: example * (batch row *): input ids differ from the chat "
+                            "template's tokenization")
+S3_TT = ("failed", "check", "S3: a token outside the assistant's turns is trained")
+TOOLS_PINNED = {
+    # no tools schemas nor default system prompt rendered; the assistant header is trained
+    "torchtune-tools": {"S1": S1_TT, "S3": S3_TT, "S4": "passed", "S13": "passed",
+                        "S14": "passed", "S15": "skipped"},
+    # max_seq_len set: truncate() masks the final <|im_end|> (torchtune#2792)
+    "torchtune-tools-max-seq-len": {
+        "S1": S1_TT, "S3": S3_TT,
+        "S4": ("failed", "check", "S4: the end-of-turn token is not trained"),
+        "S13": "passed", "S14": "passed", "S15": "skipped"},
+}
+
+
+@pytest.mark.parametrize("name", list(TOOLS_PINNED))
+def test_tools_declarations(name):
+    d = declared(load_target(name))
+    assert d.tools and d.reasoning is None and d.requires == ("torchtune",)
+
+
+@pytest.mark.skipif(not HAVE_TORCHTUNE, reason=f"torchtune not installed: {HINT}")
+@pytest.mark.parametrize("name", list(TOOLS_PINNED))
+def test_pinned_agentic_verdicts_qwen25(name):
+    from library_pins import compare
+
+    compare(name, TOOLS_PINNED[name], tokenizer="qwen2.5")

@@ -43,6 +43,8 @@ REGISTRY: dict[str, str] = {
     "torchtune-padded-collate-sft": f"{_TT}:PaddedCollateSFTTarget",
     "torchtune-packed": f"{_TT}:PackedTarget",
     "torchtune-packed-split": f"{_TT}:PackedSplitTarget",
+    "torchtune-tools": f"{_TT}:ToolsTarget",
+    "torchtune-tools-max-seq-len": f"{_TT}:ToolsMaxSeqLenTarget",
     # LitGPT (tox -e litgpt)
     "litgpt-sft-mask-prompt": f"{_LIT}:MaskPromptTarget",
     "litgpt-sft-default": f"{_LIT}:DefaultTarget",
@@ -60,6 +62,8 @@ REGISTRY: dict[str, str] = {
     "llamafactory-sft-mask-history": f"{_LF}:MaskHistoryTarget",
     "llamafactory-sft-packing": f"{_LF}:PackingTarget",
     "llamafactory-sft-neat-packing": f"{_LF}:NeatPackingTarget",
+    "llamafactory-sft-tools": f"{_LF}:ToolsTarget",
+    "llamafactory-sft-tools-no-thinking": f"{_LF}:ToolsNoThinkingTarget",
     # OpenRLHF (tox -e openrlhf)
     "openrlhf-sft-multiturn": f"{_ORLHF}:MultiturnTarget",
     "openrlhf-sft": f"{_ORLHF}:SingleTurnTarget",
@@ -67,6 +71,8 @@ REGISTRY: dict[str, str] = {
     "axolotl-chat-template": f"{_AXO}:ChatTemplateTarget",
     "axolotl-chat-template-eos-all": f"{_AXO}:EosAllTarget",
     "axolotl-sample-packing": f"{_AXO}:SamplePackingTarget",
+    "axolotl-chat-template-tools": f"{_AXO}:ChatTemplateToolsTarget",
+    "axolotl-chat-template-tools-train-tool": f"{_AXO}:ToolRoleTrainedTarget",
 }
 
 

@@ -100,6 +100,10 @@ class _AxolotlTarget:
     def __init__(self):
         self._prepared, self._dirs = {}, []
 
+    def rows(self, conversations) -> list[dict]:
+        """The rows of the dataset, as a user's JSONL file holds them."""
+        return [{"messages": [dict(m) for m in c]} for c in conversations]
+
     def collate(self, conversations, tokenizer, max_length):
         os.environ.setdefault("AXOLOTL_DO_NOT_TRACK", "1")
         import datasets
@@ -112,8 +116,7 @@ class _AxolotlTarget:
         try:
             with contextlib.redirect_stdout(io.StringIO()):
                 cfg, tok = self.prepared(tokenizer, max_length)
-                raw = datasets.Dataset.from_list(
-                    [{"messages": [dict(m) for m in c]} for c in conversations])
+                raw = datasets.Dataset.from_list(self.rows(conversations))
                 # what _load_raw_datasets does with each dataset of the config
                 dataset, _prompter = get_dataset_wrapper(cfg.datasets[0], tok, cfg,
                                                          "chat_template", raw)
@@ -202,3 +205,58 @@ class SamplePackingTarget(_AxolotlTarget):
 
     def forward(self, model, batch):
         return varlen_forward(model, batch)
+
+
+class ChatTemplateToolsTarget(_AxolotlTarget):
+    """``type: chat_template`` on tool conversations, as axolotl's conversation docs describe
+    them: ``tool_calls`` on assistant messages, ``tool`` messages (the default ``roles`` map
+    has ``tool: tool``), the schemas in the ``tools`` field (``field_tools``, default
+    ``tools``), with the defaults ``roles_to_train: ["assistant"]``, ``train_on_eos: turn``.
+    The rows hold ``tools`` and each call's ``arguments`` as JSON strings, the form axolotl
+    documents for data whose argument shapes differ from row to row (an Arrow column cannot hold
+    both dicts and strings, nor dicts of different keys without filling them with nulls);
+    axolotl decodes both before rendering (``_get_tools``, ``transform_message``), so a dict
+    written as a string renders as the dict. ``reasoning_content`` is left to the template."""
+
+    name = "axolotl-chat-template-tools"
+    tools = True
+    reasoning = "template"
+    dataset_config = {"field_tools": "tools"}
+
+    def rows(self, conversations) -> list[dict]:
+        from sft_conformance.reference.conversation import split
+
+        out = []
+        for c in conversations:
+            messages, tools = split(c)
+            rows = []
+            for m in messages:
+                m = dict(m)
+                if m.get("tool_calls"):
+                    calls = []
+                    for call in m["tool_calls"]:
+                        call = dict(call)
+                        fn = dict(call.get("function", call))
+                        if not isinstance(fn.get("arguments"), str):
+                            fn["arguments"] = json.dumps(fn.get("arguments", {}),
+                                                         ensure_ascii=False)
+                        if "function" in call:
+                            call["function"] = fn
+                        else:
+                            call = {"type": "function", "function": fn}
+                        calls.append(call)
+                    m["tool_calls"] = calls
+                rows.append(m)
+            out.append({"messages": rows,
+                        "tools": json.dumps(tools, ensure_ascii=False) if tools else None})
+        return out
+
+
+class ToolRoleTrainedTarget(ChatTemplateToolsTarget):
+    """``roles_to_train: [assistant, tool]``: axolotl trains the turns of the roles listed, tool
+    results included (an opt-in: S13 fails by declaration)."""
+
+    name = "axolotl-chat-template-tools-train-tool"
+    dataset_config = {"field_tools": "tools", "roles_to_train": ["assistant", "tool"]}
+    known_failures = {"S13": "roles_to_train: [assistant, tool] trains the tool results "
+                             "(the configuration asks for it)"}

@@ -56,6 +56,16 @@ DATASET_INFO = {"conv": {"file_name": "train.json", "formatting": "sharegpt",
                          "tags": {"role_tag": "role", "content_tag": "content",
                                   "user_tag": "user", "assistant_tag": "assistant",
                                   "system_tag": "system"}}}
+#: tool conversations: LLaMA-Factory's ``openai`` formatting (``OpenAIDatasetConverter``), which
+#: reads OpenAI-style ``messages`` with ``tool_calls`` and ``tool`` messages and a ``tools``
+#: column, and turns them into its ``function_call`` / ``observation`` roles itself
+DATASET_INFO_OPENAI = {"conv": {"file_name": "train.json", "formatting": "openai",
+                                "columns": {"messages": "messages", "tools": "tools"},
+                                "tags": {"role_tag": "role", "content_tag": "content",
+                                         "user_tag": "user", "assistant_tag": "assistant",
+                                         "observation_tag": "tool",
+                                         "function_tag": "function_call",
+                                         "system_tag": "system"}}}
 
 
 def _torchaudio_stand_in() -> None:
@@ -112,6 +122,12 @@ class _LlamaFactoryTarget:
     tokenizer = "chatml"
     #: keys of the user's YAML config beyond the common ones
     config: dict = {}
+    #: the dataset_info.json entry of the dataset
+    dataset_info: dict = DATASET_INFO
+
+    def rows(self, conversations) -> list[dict]:
+        """The rows of the dataset file, as a user writes them."""
+        return [{"messages": [dict(m) for m in c]} for c in conversations]
 
     def train_config(self, tokenizer, max_length, data_dir, out_dir):
         family = tokenizer_family(tokenizer)
@@ -138,9 +154,9 @@ class _LlamaFactoryTarget:
             data_dir, out_dir = os.path.join(d, "data"), os.path.join(d, "out")
             os.makedirs(data_dir)
             with open(os.path.join(data_dir, "train.json"), "w", encoding="utf-8") as f:
-                json.dump([{"messages": [dict(m) for m in c]} for c in conversations], f)
+                json.dump(self.rows(conversations), f)
             with open(os.path.join(data_dir, "dataset_info.json"), "w", encoding="utf-8") as f:
-                json.dump(DATASET_INFO, f)
+                json.dump(self.dataset_info, f)
             with contextlib.redirect_stdout(io.StringIO()):
                 model_args, data_args, training_args, _ft, _gen = get_train_args(
                     self.train_config(tokenizer, max_length, data_dir, out_dir))
@@ -203,3 +219,45 @@ class NeatPackingTarget(_LlamaFactoryTarget):
         if "position_ids" in batch:
             kwargs["position_ids"] = batch["position_ids"]
         return model(**kwargs, use_cache=False).logits
+
+
+class ToolsTarget(_LlamaFactoryTarget):
+    """Tool conversations as LLaMA-Factory documents them for OpenAI-style data: ``formatting:
+    openai`` with a ``tools`` column (the schemas as a JSON string, LLaMA-Factory's documented
+    column type) and the messages as they are (``tool_calls`` on assistant messages, ``tool``
+    messages). LLaMA-Factory's ``OpenAIDatasetConverter`` turns an assistant message with
+    ``tool_calls`` into a ``function_call`` message whose content is the JSON list of the calls,
+    merges consecutive ``tool`` messages into one ``observation``, and the ``qwen`` template's
+    formatters render them (``<tool_call>`` blocks, ``<tool_response>`` in a user turn). The
+    template follows the tokenizer (``qwen`` for qwen2.5, ``qwen3`` for qwen3 with its default
+    ``enable_thinking: true``). The converter reads no ``reasoning_content``; it is left in the
+    data as a user has it."""
+
+    name = "llamafactory-sft-tools"
+    tools = True
+    #: S15 judges what becomes of the data's ``reasoning_content`` on qwen3 (the template is
+    #: LLaMA-Factory's ``qwen3``, a ``ReasoningTemplate``); the converter does not read it
+    reasoning = "template"
+    dataset_info = DATASET_INFO_OPENAI
+
+    def rows(self, conversations) -> list[dict]:
+        from sft_conformance.reference.conversation import split
+
+        out = []
+        for c in conversations:
+            messages, tools = split(c)
+            out.append({"messages": [dict(m) for m in messages],
+                        "tools": json.dumps(tools, ensure_ascii=False) if tools else ""})
+        return out
+
+
+class ToolsNoThinkingTarget(ToolsTarget):
+    """:class:`ToolsTarget` with ``enable_thinking: false``. On the qwen3 tokenizer (LLaMA-Factory's
+    ``qwen3`` template, a ``ReasoningTemplate``) the empty ``<think>\\n\\n</think>\\n\\n`` that
+    it adds to an assistant response without ``<think>`` goes into the prompt (masked) instead
+    of the response (trained); the ``qwen`` template of Qwen2.5 has no reasoning path, so there
+    it is :class:`ToolsTarget` again (run it on qwen3)."""
+
+    name = "llamafactory-sft-tools-no-thinking"
+    tokenizer = "qwen3"
+    config = {"enable_thinking": False}
