@@ -38,9 +38,9 @@ def trl_original_template(tokenizer) -> str:
     family = _family(tokenizer)
     if family not in TRL_ORIGINALS:
         raise ValueError(
-            f"TRL ships no copy of the Hub chat template of the tokenizer {tokenizer.name_or_path!r} "
-            f"(known here: {', '.join(TRL_ORIGINALS)}): run this target with --tokenizer qwen2.5, "
-            "qwen3 or deepseek")
+            f"TRL ships no copy of the Hub chat template of the tokenizer "
+            f"{tokenizer.name_or_path!r} (known here: {', '.join(TRL_ORIGINALS)}): run this "
+            "target with --tokenizer qwen2.5, qwen3 or deepseek")
     return (Path(trl.__file__).parent / "chat_templates" / TRL_ORIGINALS[family]).read_text()
 
 
@@ -113,7 +113,7 @@ class ToolsAssistantOnlyTarget(_TRLToolsTarget):
     ``reasoning = "all_turns"``."""
 
     name = "trl-sft-tools-assistant-only"
-    tokenizer = "chatml-tools"
+    tokenizer = "qwen2.5"
     reasoning = "all_turns"
     config = {"assistant_only_loss": True}
 
