@@ -83,7 +83,7 @@ def test_consecutive_tool_results_are_two_user_turns(qwen3):
 
     text, trained = _text("tinker-cookbook-qwen3", PARALLEL, qwen3)
     assert "18C\n</tool_response><|im_end|>\n<|im_start|>user\n<tool_response>\n21C" in text
-    assert "18C" not in trained and trained.count("<|im_end|>") == 3
+    assert "<tool_response>" not in trained and trained.count("<|im_end|>") == 3
 
 
 def test_deepseek_tool_call_turn_without_content_has_no_end_token():

@@ -110,11 +110,16 @@ class ToolsAssistantOnlyTarget(_TRLToolsTarget):
 
     Reasoning: TRL's Qwen3 training template renders ``reasoning_content`` on every assistant turn
     (TRL's README: "Always include the thinking block regardless of message position"), declared
-    ``reasoning = "all_turns"``."""
+    ``reasoning = "all_turns"``. TRL's Qwen training templates end each ``{% generation %}`` span
+    after ``<|im_end|>\n`` (declared ``trains_after_eot``); ``qwen2_5_training.jinja`` starts it
+    right after ``<|im_start|>assistant``, so the header's newline is trained too (S3 on qwen2.5,
+    reports/agentic-main/findings-agentic.md)."""
 
     name = "trl-sft-tools-assistant-only"
     tokenizer = "qwen2.5"
     reasoning = "all_turns"
+    #: TRL's Qwen training templates close the span after ``<|im_end|>\n``
+    trains_after_eot = True
     config = {"assistant_only_loss": True}
 
     def template_for(self, tokenizer) -> str:
