@@ -16,7 +16,8 @@ from library_pins import compare, require_version
 from sft_conformance.target import declared, load_target
 
 NAMES = ("tinker-cookbook-qwen3", "tinker-cookbook-qwen3-last",
-         "tinker-cookbook-qwen3-disable-thinking", "tinker-cookbook-deepseekv3")
+         "tinker-cookbook-qwen3-disable-thinking", "tinker-cookbook-qwen3-preserve-thinking",
+         "tinker-cookbook-deepseekv3")
 VERSION = "0.5.8"
 P, S = "passed", "skipped"
 HAVE = importlib.util.find_spec("tinker_cookbook") is not None
@@ -35,6 +36,8 @@ PINNED = {
                                    "S14": P, "S15": P},
     "tinker-cookbook-qwen3-disable-thinking": {"S1": S1_SPECIAL, "S3": P, "S4": S4_ABSENT,
                                                "S13": P, "S14": P, "S15": S},
+    "tinker-cookbook-qwen3-preserve-thinking": {"S1": S1_SPECIAL, "S3": P, "S4": S4_ABSENT,
+                                                "S13": P, "S14": P, "S15": S},
     "tinker-cookbook-deepseekv3": {"S1": S1_SPECIAL, "S3": P, "S4": S4_ABSENT, "S13": P,
                                    "S14": P, "S15": P},
 }
@@ -95,6 +98,14 @@ def test_deepseek_tool_call_turn_without_content_has_no_end_token():
     text, trained = _text("tinker-cookbook-deepseekv3", WEATHER, tok)
     assert "<｜tool▁calls▁end｜><｜tool▁output▁begin｜>" in text
     assert trained.count("<｜end▁of▁sentence｜>") == 1  # the final answer's only
+
+
+def test_reasoning_call_turn_without_text_gets_three_newlines(qwen3):
+    from sft_conformance.checks.agentic import REASONING
+
+    text, trained = _text("tinker-cookbook-qwen3-preserve-thinking", REASONING, qwen3)
+    assert "I need the weather tool.\n</think>\n\n\n<tool_call>" in text
+    assert trained.startswith("<think>\nI need the weather tool.")
 
 
 def test_special_strings_in_content_are_split(qwen3):

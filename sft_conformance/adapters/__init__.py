@@ -77,6 +77,7 @@ REGISTRY: dict[str, str] = {
     "tinker-cookbook-qwen3": f"{_TC}:Qwen3Target",
     "tinker-cookbook-qwen3-last": f"{_TC}:Qwen3LastTarget",
     "tinker-cookbook-qwen3-disable-thinking": f"{_TC}:Qwen3DisableThinkingTarget",
+    "tinker-cookbook-qwen3-preserve-thinking": f"{_TC}:Qwen3PreserveThinkingTarget",
     "tinker-cookbook-deepseekv3": f"{_TC}:DeepSeekV3Target",
 }
 

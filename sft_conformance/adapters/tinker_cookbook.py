@@ -168,3 +168,22 @@ class DeepSeekV3Target(_TinkerTarget):
     name = "tinker-cookbook-deepseekv3"
     tokenizer = "deepseek"
     renderer_name = "deepseekv3"
+
+
+class Qwen3PreserveThinkingTarget(Qwen3Target):
+    """``Qwen3Renderer(tok, strip_thinking_from_history=False)`` (its docstring: "Use
+    strip_thinking_from_history=False for multi-turn RL to get the extension property"; no
+    ``get_renderer`` name for Qwen3): every assistant message keeps its reasoning (declared
+    ``reasoning = "all_turns"``); ALL_ASSISTANT_MESSAGES."""
+
+    name = "tinker-cookbook-qwen3-preserve-thinking"
+    reasoning = "all_turns"
+
+    def renderer(self, tokenizer):
+        from tinker_cookbook.renderers.qwen3 import Qwen3Renderer
+
+        key = id(tokenizer)
+        if key not in self._renderers:
+            self._renderers[key] = (tokenizer, Qwen3Renderer(tokenizer,
+                                                             strip_thinking_from_history=False))
+        return self._renderers[key][1]
