@@ -17,6 +17,9 @@ _SWIFT = "sft_conformance.adapters.ms_swift"
 _LF = "sft_conformance.adapters.llamafactory"
 _ORLHF = "sft_conformance.adapters.openrlhf"
 _AXO = "sft_conformance.adapters.axolotl"
+_TRLT = "sft_conformance.adapters.trl_tools"
+_TFT = "sft_conformance.adapters.transformers_tools"
+_TC = "sft_conformance.adapters.tinker_cookbook"
 
 REGISTRY: dict[str, str] = {
     # transformers
@@ -29,6 +32,7 @@ REGISTRY: dict[str, str] = {
     "transformers-model-loss": f"{_TF}:ModelLossTarget",
     "transformers-model-loss-no-num-items": f"{_TF}:ModelLossNoNumItemsTarget",
     "transformers-assistant-mask": f"{_TF}:AssistantMaskTarget",
+    "transformers-assistant-mask-tools": f"{_TFT}:AssistantMaskToolsTarget",
     # TRL
     "trl-sft-messages": f"{_TRL}:MessagesTarget",
     "trl-sft-prompt-completion": f"{_TRL}:PromptCompletionTarget",
@@ -39,6 +43,8 @@ REGISTRY: dict[str, str] = {
     "trl-sft-packing-bfd": f"{_TRL}:PackingBfdTarget",
     "trl-sft-packing-bfd-split": f"{_TRL}:PackingBfdSplitTarget",
     "trl-sft-packing-wrapped": f"{_TRL}:PackingWrappedTarget",
+    "trl-sft-tools": f"{_TRLT}:ToolsTarget",
+    "trl-sft-tools-assistant-only": f"{_TRLT}:ToolsAssistantOnlyTarget",
     # torchtune
     "torchtune-padded-collate-sft": f"{_TT}:PaddedCollateSFTTarget",
     "torchtune-packed": f"{_TT}:PackedTarget",
@@ -73,6 +79,12 @@ REGISTRY: dict[str, str] = {
     "axolotl-sample-packing": f"{_AXO}:SamplePackingTarget",
     "axolotl-chat-template-tools": f"{_AXO}:ChatTemplateToolsTarget",
     "axolotl-chat-template-tools-train-tool": f"{_AXO}:ToolRoleTrainedTarget",
+    # tinker-cookbook (tox -e tinker-cookbook)
+    "tinker-cookbook-qwen3": f"{_TC}:Qwen3Target",
+    "tinker-cookbook-qwen3-last": f"{_TC}:Qwen3LastTarget",
+    "tinker-cookbook-qwen3-disable-thinking": f"{_TC}:Qwen3DisableThinkingTarget",
+    "tinker-cookbook-qwen3-preserve-thinking": f"{_TC}:Qwen3PreserveThinkingTarget",
+    "tinker-cookbook-deepseekv3": f"{_TC}:DeepSeekV3Target",
 }
 
 
@@ -86,6 +98,7 @@ LIBRARIES: dict[str, tuple[str, str]] = {
     "llamafactory": ("llamafactory", "llamafactory-"),
     "openrlhf": ("openrlhf", "openrlhf-"),
     "axolotl": ("axolotl", "axolotl-"),
+    "tinker-cookbook": ("tinker-cookbook", "tinker-cookbook-"),
 }
 
 
