@@ -14,8 +14,26 @@ from pathlib import Path
 def default_targets() -> list[str]:
     from sft_conformance.targets import builtin_targets
 
-    # mutants and the correct-but-different catalogue prove the checks: reports/mutants.md
-    return [n for n in builtin_targets() if not n.startswith(("mutant-", "correct-"))]
+    # mutants and the correct-but-different catalogue prove the checks: reports/mutants.md;
+    # a library's tool path is a row of the agentic matrix (report --agentic), not of this one
+    return [n for n in builtin_targets() if not n.startswith(("mutant-", "correct-"))
+            and not _agentic_row(n)]
+
+
+def agentic_targets() -> list[str]:
+    """The rows of ``report --agentic``: every built-in target that declares ``tools`` (the
+    reference and the libraries' tool paths installed here), no mutant or correct target."""
+    from sft_conformance.targets import builtin_targets
+
+    return [n for n in builtin_targets() if not n.startswith(("mutant-", "correct-"))
+            and _declares_tools(n)]
+
+
+def _agentic_row(spec: str) -> bool:
+    """A library adapter's target that declares ``tools``: a row of the agentic matrix."""
+    from sft_conformance.adapters import REGISTRY
+
+    return spec in REGISTRY and _declares_tools(spec)
 
 
 def add_arguments(parser) -> None:
@@ -149,7 +167,7 @@ def run(args) -> int:
                              f"{', '.join(LIBRARIES)}")
         args.targets = list(args.targets) or [
             t for t in library_targets(args.library)
-            if not getattr(args, "agentic", False) or _declares_tools(t)]
+            if getattr(args, "agentic", False) == _declares_tools(t)]
         if not args.targets:  # else the default targets would run in the library's place
             raise UsageError(f"--agentic --library {args.library}: no target of "
                              f"{args.library} declares tools")
@@ -190,8 +208,7 @@ def run(args) -> int:
                 raise UsageError(f"--tokenizer {args.tokenizer}: {exc}") from None
         stored = _stored_for_update(args, out) if getattr(args, "update", False) else None
         agentic = getattr(args, "agentic", False)
-        targets = args.targets or [t for t in default_targets()
-                                   if not agentic or _declares_tools(t)]
+        targets = args.targets or (agentic_targets() if agentic else default_targets())
         everything = list(targets)
         if sharding:
             targets = report.shard(everything, *sharding)
@@ -252,7 +269,8 @@ def _merged(args) -> dict:
             parts.append((path, json.loads(Path(path).read_text(encoding="utf-8"))))
         except (OSError, ValueError) as exc:
             raise UsageError(f"--merge {path}: {exc}") from None
-    return report.merge(parts, order=default_targets(),
+    agentic = any(data.get("agentic") for _, data in parts)
+    return report.merge(parts, order=agentic_targets() if agentic else default_targets(),
                         allow_missing=getattr(args, "allow_missing", False))
 
 
