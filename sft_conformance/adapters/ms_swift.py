@@ -210,7 +210,7 @@ class ToolsTarget(_ToolsMixin, _SwiftTarget):
 
 class ToolsIgnoreEmptyThinkTarget(_ToolsMixin, _SwiftTarget):
     """``--loss_scale ignore_empty_think``: as ``ms-swift-sft-tools`` with weight 0 on an
-    assistant response that starts with an empty ``<think>\s*</think>\s*`` (the Qwen3
+    assistant response that starts with an empty ``<think>`` block (regex ``^<think>\\s*</think>\\s*``) (the Qwen3
     template's empty think block; the documented way to leave it untrained)."""
 
     name = "ms-swift-sft-tools-ignore-empty-think"
