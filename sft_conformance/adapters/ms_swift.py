@@ -210,8 +210,8 @@ class ToolsTarget(_ToolsMixin, _SwiftTarget):
 
 class ToolsIgnoreEmptyThinkTarget(_ToolsMixin, _SwiftTarget):
     """``--loss_scale ignore_empty_think``: as ``ms-swift-sft-tools`` with weight 0 on an
-    assistant response that starts with an empty ``<think>`` block (regex ``^<think>\\s*</think>\\s*``) (the Qwen3
-    template's empty think block; the documented way to leave it untrained)."""
+    assistant response that starts with an empty think block (``ignore_empty_think.json``: the
+    Qwen3 template's empty ``<think></think>``; the documented way to leave it untrained)."""
 
     name = "ms-swift-sft-tools-ignore-empty-think"
     template_kwargs = {"loss_scale": "ignore_empty_think"}
