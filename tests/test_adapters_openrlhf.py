@@ -113,3 +113,20 @@ def test_tools_never_reach_the_template_but_tool_results_are_masked():
     trained = tok.decode([lab for lab in labels if lab != -100])
     assert "18C sunny" not in trained
     assert trained.startswith("<tool_call>\n{\"name\": \"get_weather\"")
+
+
+_REFUSED = "the target refused a batch that has tokens to train"
+AGENTIC_PINNED = {"openrlhf-sft-multiturn-tools": {
+    "S1": ("failed", "check", "S1: example 0 (batch row 0) is followed by an extra trained token"),
+    "S3": ("failed", "check", "S3: a token outside the assistant's turns is trained"),
+    "S4": "passed",
+    "S13": ("failed", "check", f"S13: {_REFUSED}"),
+    "S14": ("failed", "check", f"S14: {_REFUSED}"),
+    "S15": ("failed", "check", f"S15: {_REFUSED}"),
+}}
+
+
+@pytest.mark.parametrize("target", list(AGENTIC_PINNED))
+def test_agentic_pinned_verdicts_qwen25(target):
+    require_version("openrlhf", "openrlhf", VERSION)
+    compare(target, AGENTIC_PINNED[target], tokenizer="qwen2.5")
