@@ -112,3 +112,46 @@ def test_jinja_backend_trains_the_prompt(chatml):
 def test_pinned_verdicts(target):
     require_version("ms-swift", "swift", VERSION)
     compare(target, PINNED[target])
+
+
+# -- tool conversations (issue 23): the agentic rows on Qwen2.5 ----------------------------------
+# Hand-confirmed in reports/ms-swift/findings-agentic.md: the hermes agent template glues the
+# content beside calls to <tool_call> and decodes JSON-string arguments (S1); a last answer that
+# ends with the eos text gets no <|im_end|> (S4); a message mixing dict and JSON-string
+# arguments cannot be loaded by datasets/pyarrow (S13, S14).
+_REFUSED = "the target refused a batch that has tokens to train"
+_AGENTIC = {
+    "S1": ("failed", "check", "S1: example 0 (batch row 0): input ids differ from the chat "
+                              "template's tokenization"),
+    "S3": "passed",
+    "S4": ("failed", "check", "S4: the end-of-turn token is not trained"),
+    "S13": ("failed", "check", f"S13: {_REFUSED}"),
+    "S14": ("failed", "check", f"S14: {_REFUSED}"),
+    "S15": "skipped",
+}
+AGENTIC_PINNED = {name: _AGENTIC for name in (
+    "ms-swift-sft-tools", "ms-swift-sft-tools-ignore-empty-think", "ms-swift-sft-tools-hermes")}
+
+
+def test_tools_rows_mask_tool_results_and_train_calls():
+    pytest.importorskip("swift", reason="ms-swift is not installed: tox -e ms-swift")
+    from sft_conformance.assets import load_tokenizer
+    from sft_conformance.checks.agentic import PARALLEL
+
+    tok = load_tokenizer("qwen2.5")
+    batch = load_target("ms-swift-sft-tools").collate([PARALLEL], tok, 1024)
+    ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+    text = tok.decode(ids)
+    trained = tok.decode([i for i, lab in zip(ids, labels) if lab != -100])
+    assert "# Tools" in text
+    assert "<tool_response>\n18C\n</tool_response>\n<tool_response>\n21C" in text
+    assert "18C\n</tool_response>" not in trained
+    # the content is glued to the first call (the Qwen2.5 template writes a newline between)
+    assert trained.startswith("Let me check both.<tool_call>\n{\"name\": \"get_weather\"")
+    assert "</tool_call><|im_end|>\n" in trained
+
+
+@pytest.mark.parametrize("target", list(AGENTIC_PINNED))
+def test_agentic_pinned_verdicts_qwen25(target):
+    require_version("ms-swift", "swift", VERSION)
+    compare(target, AGENTIC_PINNED[target], tokenizer="qwen2.5")

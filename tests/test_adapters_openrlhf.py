@@ -94,3 +94,39 @@ def test_qwen25_multiturn_trains_the_pad_token_and_the_first_answer_token():
     assert _targets(batch, tok, 1) == [("\n", "the"), ("the", " answer"),
                                        (" answer", "<|im_end|>"),
                                        ("<|im_end|>", "<|endoftext|>")]
+
+
+# -- tool conversations (issue 23) ---------------------------------------------------------------
+# OpenRLHF 0.11.2 never passes tools to the chat template (reports/openrlhf/findings-agentic.md)
+
+
+def test_tools_never_reach_the_template_but_tool_results_are_masked():
+    pytest.importorskip("openrlhf", reason="OpenRLHF is not installed: tox -e openrlhf")
+    from sft_conformance.assets import load_tokenizer
+    from sft_conformance.checks.agentic import WEATHER
+
+    tok = load_tokenizer("qwen2.5")
+    batch = load_target("openrlhf-sft-multiturn-tools").collate([WEATHER], tok, 1024)
+    ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+    text = tok.decode(ids)
+    assert "# Tools" not in text and text.startswith("<|im_start|>system\nYou are Qwen")
+    trained = tok.decode([lab for lab in labels if lab != -100])
+    assert "18C sunny" not in trained
+    assert trained.startswith("<tool_call>\n{\"name\": \"get_weather\"")
+
+
+_REFUSED = "the target refused a batch that has tokens to train"
+AGENTIC_PINNED = {"openrlhf-sft-multiturn-tools": {
+    "S1": ("failed", "check", "S1: example 0 (batch row 0) is followed by an extra trained token"),
+    "S3": ("failed", "check", "S3: a token outside the assistant's turns is trained"),
+    "S4": "passed",
+    "S13": ("failed", "check", f"S13: {_REFUSED}"),
+    "S14": ("failed", "check", f"S14: {_REFUSED}"),
+    "S15": ("failed", "check", f"S15: {_REFUSED}"),
+}}
+
+
+@pytest.mark.parametrize("target", list(AGENTIC_PINNED))
+def test_agentic_pinned_verdicts_qwen25(target):
+    require_version("openrlhf", "openrlhf", VERSION)
+    compare(target, AGENTIC_PINNED[target], tokenizer="qwen2.5")

@@ -78,3 +78,63 @@ def test_overlong_raises(chatml):
 def test_pinned_verdicts(target):
     require_version("verl", "verl", VERSION)
     compare(target, PINNED[target])
+
+
+# -- tool conversations (issue 23): the agentic rows on Qwen2.5 ----------------------------------
+# Hand-confirmed in reports/verl/findings-agentic.md. verl renders every message alone; two
+# consecutive tool messages become two user turns (slime#2263's pattern), which its sanity_check
+# refuses by default and trains under ignore_input_ids_mismatch; a parquet row cannot hold a
+# message whose calls mix dict and JSON-string arguments (pyarrow refuses it).
+F = "failed"
+REFUSED = "the target refused a batch that has tokens to train"
+AGENTIC_PINNED = {
+    "verl-multiturn-sft-tools": {c: (F, "check", f"{c}: {REFUSED}")
+                                 for c in ("S1", "S3", "S4", "S13", "S14", "S15")},
+    "verl-multiturn-sft-tools-ignore-mismatch": {
+        "S1": (F, "check", "S1: example 0 (batch row 0): input ids differ from the chat "
+                           "template's tokenization"),
+        "S3": P,
+        "S4": (F, "check", "S4: example 1 (68 trainable tokens under turn_policy='all') is "
+                           "missing from the batch"),
+        "S13": (F, "check", f"S13: {REFUSED}"),
+        "S14": (F, "check", f"S14: {REFUSED}"),
+        "S15": (F, "check", f"S15: {REFUSED}"),
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def qwen25():
+    pytest.importorskip("verl", reason="verl is not installed: tox -e verl")
+    from sft_conformance.assets import load_tokenizer
+
+    return load_tokenizer("qwen2.5")
+
+
+def test_tools_reach_the_first_message_and_tool_results_are_masked(qwen25):
+    from sft_conformance.checks.agentic import WEATHER
+
+    batch = load_target("verl-multiturn-sft-tools").collate([WEATHER], qwen25, 1024)
+    text = qwen25.decode(batch["input_ids"][0].tolist())
+    assert "# Tools" in text and '"name": "get_weather"' in text.split("<tool_call>")[0]
+    trained = "".join(_trained(batch, qwen25))
+    assert "18C sunny" not in trained
+    assert trained.startswith("<tool_call>\n{\"name\": \"get_weather\"")
+    assert trained.endswith("</tool_call><|im_end|>\nIt is 18C and sunny in Paris.<|im_end|>\n")
+
+
+def test_consecutive_tool_messages_are_refused_or_split(qwen25):
+    from sft_conformance.checks.agentic import PARALLEL
+
+    with pytest.raises(AssertionError, match="apply_chat_template to each turn separately"):
+        load_target("verl-multiturn-sft-tools").collate([PARALLEL], qwen25, 1024)
+    batch = load_target("verl-multiturn-sft-tools-ignore-mismatch").collate(
+        [PARALLEL], qwen25, 1024)
+    text = qwen25.decode(batch["input_ids"][0].tolist())
+    assert "18C\n</tool_response><|im_end|>\n<|im_start|>user\n<tool_response>\n21C" in text
+
+
+@pytest.mark.parametrize("target", list(AGENTIC_PINNED))
+def test_agentic_pinned_verdicts_qwen25(target):
+    require_version("verl", "verl", VERSION)
+    compare(target, AGENTIC_PINNED[target], tokenizer="qwen2.5")

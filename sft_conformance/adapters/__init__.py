@@ -57,12 +57,17 @@ REGISTRY: dict[str, str] = {
     # verl (tox -e verl)
     "verl-multiturn-sft": f"{_VERL}:MultiTurnNoPaddingTarget",
     "verl-multiturn-sft-right": f"{_VERL}:MultiTurnRightPaddingTarget",
+    "verl-multiturn-sft-tools": f"{_VERL}:MultiTurnToolsTarget",
+    "verl-multiturn-sft-tools-ignore-mismatch": f"{_VERL}:MultiTurnToolsIgnoreMismatchTarget",
     # ms-swift (tox -e ms-swift)
     "ms-swift-sft": f"{_SWIFT}:SftTarget",
     "ms-swift-sft-last-round": f"{_SWIFT}:LastRoundTarget",
     "ms-swift-sft-padding-free": f"{_SWIFT}:PaddingFreeTarget",
     "ms-swift-sft-packing": f"{_SWIFT}:PackingTarget",
     "ms-swift-sft-jinja": f"{_SWIFT}:JinjaBackendTarget",
+    "ms-swift-sft-tools": f"{_SWIFT}:ToolsTarget",
+    "ms-swift-sft-tools-ignore-empty-think": f"{_SWIFT}:ToolsIgnoreEmptyThinkTarget",
+    "ms-swift-sft-tools-hermes": f"{_SWIFT}:ToolsHermesLossScaleTarget",
     # LLaMA-Factory (tox -e llamafactory)
     "llamafactory-sft": f"{_LF}:SftTarget",
     "llamafactory-sft-mask-history": f"{_LF}:MaskHistoryTarget",
@@ -73,6 +78,7 @@ REGISTRY: dict[str, str] = {
     # OpenRLHF (tox -e openrlhf)
     "openrlhf-sft-multiturn": f"{_ORLHF}:MultiturnTarget",
     "openrlhf-sft": f"{_ORLHF}:SingleTurnTarget",
+    "openrlhf-sft-multiturn-tools": f"{_ORLHF}:MultiturnToolsTarget",
     # axolotl (tox -e axolotl)
     "axolotl-chat-template": f"{_AXO}:ChatTemplateTarget",
     "axolotl-chat-template-eos-all": f"{_AXO}:EosAllTarget",

@@ -82,12 +82,15 @@ class _SwiftTarget:
         template.set_mode("train")
         return template
 
+    def rows(self, conversations):
+        return [{"messages": [dict(m) for m in c]} for c in conversations]
+
     def collate(self, conversations, tokenizer, max_length):
         from datasets import Dataset
         from swift.dataset import LazyLLMDataset
 
         template = self.template(tokenizer, max_length)
-        rows = Dataset.from_list([{"messages": [dict(m) for m in c]} for c in conversations])
+        rows = Dataset.from_list(self.rows(conversations))
         with contextlib.redirect_stdout(io.StringIO()):
             if self.packing:
                 from swift.dataset import AddLengthPreprocessor, PackingDataset
@@ -167,3 +170,56 @@ class JinjaBackendTarget(_SwiftTarget):
            "swift sft accepts it without a warning (modelscope/ms-swift#5443, #9277)"
         for c in ("S3", "S10")
     }
+
+
+# -- tool conversations (issue 23) ---------------------------------------------------------------
+
+
+class _ToolsMixin:
+    """Tool conversations the way ms-swift documents them (docs Agent-support): a row with
+    ``messages`` and ``tools``; assistant ``tool_calls`` in the OpenAI shape and ``tool``
+    messages, which ms-swift converts to its ``tool_call`` / ``tool_response`` roles
+    (``normalize_openai_tool_calls``), merges consecutive calls into one assistant message and
+    consecutive results into one tool turn through the template's ``agent_template`` (the
+    default for ``qwen2_5`` / ``qwen3`` is ``hermes``). ``reasoning_content`` has no path in
+    ms-swift's swift backend (the template renders ``content`` only): ``reasoning`` is left
+    undeclared, S1 on Qwen3 shows what becomes of it."""
+
+    tools = True
+    tokenizer = "qwen2.5"
+
+    def rows(self, conversations):
+        from sft_conformance.reference.conversation import split
+
+        out = []
+        for conv in conversations:
+            messages, tools = split(conv)
+            row = {"messages": [dict(m) for m in messages]}
+            if tools:
+                row["tools"] = [dict(t) for t in tools]
+            out.append(row)
+        return out
+
+
+class ToolsTarget(_ToolsMixin, _SwiftTarget):
+    """``swift sft --template qwen2_5 --dataset tools.jsonl`` defaults (``agent_template``
+    chosen by the template, ``hermes`` for Qwen; ``loss_scale='default'``)."""
+
+    name = "ms-swift-sft-tools"
+
+
+class ToolsIgnoreEmptyThinkTarget(_ToolsMixin, _SwiftTarget):
+    """``--loss_scale ignore_empty_think``: as ``ms-swift-sft-tools`` with weight 0 on an
+    assistant response that starts with an empty think block (``ignore_empty_think.json``: the
+    Qwen3 template's empty ``<think></think>``; the documented way to leave it untrained)."""
+
+    name = "ms-swift-sft-tools-ignore-empty-think"
+    template_kwargs = {"loss_scale": "ignore_empty_think"}
+
+
+class ToolsHermesLossScaleTarget(_ToolsMixin, _SwiftTarget):
+    """``--loss_scale hermes``: as ``ms-swift-sft-tools`` with weight 2 on each
+    ``<tool_call>...</tool_call>`` span (``loss_scale/config/hermes.json``)."""
+
+    name = "ms-swift-sft-tools-hermes"
+    template_kwargs = {"loss_scale": "hermes"}

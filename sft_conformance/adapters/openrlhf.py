@@ -116,3 +116,33 @@ class SingleTurnTarget(_OpenRLHFTarget):
     def data_args(self):
         return types.SimpleNamespace(input_key="prompt", output_key="response",
                                      apply_chat_template=True, tokenizer_chat_template=None)
+
+
+# -- tool conversations (issue 23) ---------------------------------------------------------------
+
+
+class MultiturnToolsTarget(MultiturnTarget):
+    """``--data.multiturn`` on rows with a ``tools`` column beside ``messages`` (the shape of a
+    Hugging Face tool dataset): OpenRLHF 0.11.2 has no option that reads tools, and
+    ``SFTDataset.process_data`` calls ``tokenizer.apply_chat_template(messages[:i], ...)``
+    without ``tools=`` (the column is dropped by ``dataset.map(remove_columns=...)``). The
+    assistant ``tool_calls`` and ``tool`` messages go to the template as they are; each
+    assistant turn's range comes from the prefix renderings, so ``reasoning_content`` is where
+    those renderings put it (declared ``reasoning = "template"``)."""
+
+    name = "openrlhf-sft-multiturn-tools"
+    tools = True
+    reasoning = "template"
+    tokenizer = "chatml-tools"
+
+    def rows(self, conversations):
+        from sft_conformance.reference.conversation import split
+
+        out = []
+        for conv in conversations:
+            messages, tools = split(conv)
+            row = {"messages": [dict(m) for m in messages]}
+            if tools:
+                row["tools"] = [dict(t) for t in tools]
+            out.append(row)
+        return out

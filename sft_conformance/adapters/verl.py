@@ -60,19 +60,29 @@ class _VerlTarget:
     tokenizer = "chatml"
     pad_mode = "no_padding"
 
+    #: keys of verl's ``data`` config this target sets beyond the suite's length and pad mode
+    data_overrides: dict = {}
+
+    def frame(self, conversations):
+        """The parquet rows: a ``messages`` column (verl's documented format)."""
+        import pandas as pd
+
+        return pd.DataFrame({"messages": [list(c) for c in conversations]})
+
     def batch(self, conversations, tokenizer, max_length):
         """verl's collated batch (``SFTTensorCollator`` output) for these conversations."""
-        import pandas as pd
         from verl.utils.dataset.dataset_utils import SFTTensorCollator
         from verl.utils.dataset.multiturn_sft_dataset import MultiTurnSFTDataset
 
         with tempfile.TemporaryDirectory(prefix="sft-conformance-verl-") as d:
             path = os.path.join(d, "train.parquet")
-            pd.DataFrame({"messages": [list(c) for c in conversations]}).to_parquet(path)
+            self.frame(conversations).to_parquet(path)
+            config = verl_data_config(max_length, self.pad_mode)
+            for key, value in self.data_overrides.items():
+                config[key] = value
             # verl prints the dataset length and the first assembled message
             with contextlib.redirect_stdout(io.StringIO()):
-                dataset = MultiTurnSFTDataset(path, tokenizer,
-                                              verl_data_config(max_length, self.pad_mode))
+                dataset = MultiTurnSFTDataset(path, tokenizer, config)
                 samples = [dataset[i] for i in range(len(dataset))]
         return SFTTensorCollator(self.pad_mode)(samples)
 
@@ -120,3 +130,52 @@ class MultiTurnRightPaddingTarget(_VerlTarget):
         return {"input_ids": ids.long(), "labels": labels.long(),
                 "attention_mask": b["attention_mask"].long(),
                 "position_ids": b["position_ids"].long()}
+
+
+# -- tool conversations (issue 23) ---------------------------------------------------------------
+
+
+class _ToolsMixin:
+    """Tool conversations the way verl reads them: the parquet row has a ``messages`` column (the
+    OpenAI/HF messages, ``tool_calls`` and ``tool`` messages as they are, ``reasoning_content``
+    kept) and a ``tools`` column (the schemas; ``tools_key: tools`` in verl's config, its
+    default). verl passes ``tools`` to the first message's rendering only and renders every
+    message alone; ``sanity_check`` compares the concatenation with the whole conversation's
+    rendering *with* the tools. The Qwen3 template's reasoning is whatever a one-message
+    rendering keeps (declared ``reasoning = "template"``: verl leaves it to the template)."""
+
+    tools = True
+    reasoning = "template"
+    tokenizer = "chatml-tools"
+
+    def frame(self, conversations):
+        import pandas as pd
+
+        from sft_conformance.reference.conversation import split
+
+        messages, tools = [], []
+        for conv in conversations:
+            msgs, tls = split(conv)
+            messages.append([dict(m) for m in msgs])
+            tools.append([dict(t) for t in tls] if tls else None)
+        columns = {"messages": messages}
+        if any(t is not None for t in tools):
+            columns["tools"] = tools
+        return pd.DataFrame(columns)
+
+
+class MultiTurnToolsTarget(_ToolsMixin, MultiTurnNoPaddingTarget):
+    """``MultiTurnSFTDataset`` on rows with a ``tools`` column, verl's defaults otherwise
+    (``pad_mode: no_padding``, ``ignore_input_ids_mismatch: False``: a conversation whose
+    per-message rendering differs from the whole rendering raises ``AssertionError``)."""
+
+    name = "verl-multiturn-sft-tools"
+
+
+class MultiTurnToolsIgnoreMismatchTarget(_ToolsMixin, MultiTurnNoPaddingTarget):
+    """As ``verl-multiturn-sft-tools`` with ``ignore_input_ids_mismatch: True``, what verl's
+    ``sanity_check`` error tells the user to set: the concatenated per-message ids are trained
+    even where they differ from the whole rendering (a warning is logged once)."""
+
+    name = "verl-multiturn-sft-tools-ignore-mismatch"
+    data_overrides = {"ignore_input_ids_mismatch": True}
