@@ -120,15 +120,18 @@ def tool_schemas(draw, *, min_size: int = 1, max_size: int = 3) -> list[dict]:
 
 
 @st.composite
-def tool_calls(draw, tools: list[dict], *, max_calls: int = 2) -> list[dict]:
-    """One call, or several in parallel; arguments as a dict or as a JSON string."""
+def tool_calls(draw, tools: list[dict], *, max_calls: int = 2,
+               arguments: str | None = None) -> list[dict]:
+    """One call, or several in parallel; arguments as a dict or as a JSON string
+    (``arguments``: ``"dict"`` or ``"json"`` for all of them, as one dataset column holds one
+    type; ``None``: drawn per call)."""
     import json
 
     calls = []
     for _ in range(draw(st.integers(1, max_calls))):
         fn = draw(st.sampled_from(tools))["function"]
         args = {p: draw(st.sampled_from(_WORDS[:12])) for p in fn["parameters"]["properties"]}
-        if draw(st.booleans()):
+        if arguments == "json" or (arguments is None and draw(st.booleans())):
             args = json.dumps(args)
         calls.append({"type": "function", "function": {"name": fn["name"], "arguments": args}})
     return calls
@@ -142,9 +145,12 @@ def agentic_conversations(draw, *, max_rounds: int = 2, reasoning: bool = True,
     content empty, ``None`` or text beside the calls, reasoning on some turns), each call gets
     a tool result (consecutive tool messages), for 1..max_rounds rounds; then an answer;
     sometimes a real user follow-up and another answer (it moves Qwen3's last query), and
-    sometimes two assistant messages in a row."""
+    sometimes two assistant messages in a row. The calls' arguments are all dicts or all JSON
+    strings within one conversation: a dataset column (Arrow, parquet) holds one type, and a
+    loader that refuses a mix would hide every label the checks judge."""
     content = message_contents(adversarial=False, max_pieces=5)
     tools = draw(tool_schemas())
+    arguments = draw(st.sampled_from(["dict", "json"]), label="arguments")
     call_ids: list[str] = []
     messages = []
     if (draw(st.booleans()) if system is None else system):
@@ -159,7 +165,7 @@ def agentic_conversations(draw, *, max_rounds: int = 2, reasoning: bool = True,
         return m
 
     for _ in range(draw(st.integers(1, max_rounds))):
-        calls = draw(tool_calls(tools))
+        calls = draw(tool_calls(tools, arguments=arguments))
         for call in calls:  # ids as Mistral's template wants them: 9 alphanumerics
             call["id"] = f"call{len(messages):02d}{len(call_ids):03d}"
             call_ids.append(call["id"])
