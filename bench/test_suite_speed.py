@@ -9,6 +9,7 @@ Not collected by the default test run (``testpaths = tests``). Run::
     python -m pytest -p no:xdist -q bench/test_suite_speed.py --benchmark-columns=min,rounds \
         --benchmark-json=reports/bench/suite-speed.json
 
+``SFT_CONFORMANCE_COLLATE_ONCE=0`` measures without the collate memo (as before it);
 ``SFT_SPEED_TOKENIZERS=bundled`` (comma-separated) narrows the tokenizers; the TRL rows skip
 where TRL is not installed. reports/speed.md records the numbers and the vocabulary and profile
 sweeps.
@@ -56,4 +57,5 @@ def test_check_speed(benchmark, target, tokenizer):
     benchmark.extra_info.update(
         statuses=" ".join(f"{r.id}:{r.status}" for r in run.results),
         judged=sum(r.judged for r in run.results),
-        per_check={r.id: r.seconds for r in run.results})
+        per_check={r.id: r.seconds for r in run.results},
+        collate_calls=run.collate_calls)  # None with SFT_CONFORMANCE_COLLATE_ONCE=0

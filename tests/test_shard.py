@@ -187,3 +187,18 @@ def test_two_shards_every_check(tmp_path):
                  "--out", str(tmp_path / "merged")]) == 0
     merged = json.loads((tmp_path / "merged" / "conformance.json").read_text())
     assert _verdicts(merged) == _verdicts(json.loads((whole / "conformance.json").read_text()))
+
+
+def test_merged_parts_of_a_named_tokenizer(tmp_path):
+    """Parts run with --tokenizer merge into conformance-TOKENIZER.{md,json}, compared with the
+    bundled run beside them."""
+    every = ["a.py:A", "b.py:B"]
+    bundled = dict(_part(every, 1, 1, every), tokenizer=None)
+    bundled.pop("partial")
+    (tmp_path / "conformance.json").write_text(json.dumps(bundled))
+    parts = [_write(tmp_path, f"{k}.json", dict(_part([s], k, 2, every), tokenizer="qwen2.5"))
+             for k, s in ((1, "a.py:A"), (2, "b.py:B"))]
+    assert main(["report", "--merge", *parts, "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "conformance-qwen2.5.json").read_text())
+    assert data["tokenizer"] == "qwen2.5" and len(data["runs"]) == 2
+    assert data["compared"] == ["- no verdict differs from the bundled run"]

@@ -226,8 +226,9 @@ def run(args) -> int:
         if agentic:
             data["agentic"] = True
         if sharding:
+            library = getattr(args, "library", None)
             data["partial"] = {"shard": "{}/{}".format(*sharding), "targets": everything,
-                               **({"library": args.library} if args.library else {})}
+                               **({"library": library} if library else {})}
             path = report.write_part(data, report.part_path(out, args.tokenizer, agentic,
                                                             *sharding), command)
             failed = sum(1 for r in data["runs"] for c in r.get("checks", [])
