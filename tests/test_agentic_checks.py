@@ -31,9 +31,12 @@ def test_agentic_mutant_is_killed(mutant, name):
     assert r.message.startswith(meant + ":")
 
 
-#: where the tagged twin and the reference disagree, with the reason (data, not silence); none
-#: today: Mistral's empty answer (the lone '▁' before '</s>') is settled as trained
-NOT_YET: dict = {}
+#: where the tagged twin and the reference disagree, with the reason (data, not silence)
+NOT_YET = {
+    "mistral": {"S2": "an empty answer renders '[/INST] </s>': the reference trains the lone "
+                      "'▁' (the space's token, where the content would start), the tagged "
+                      "twin leaves the space outside its tags; open question for the spec"},
+}
 
 
 @pytest.mark.parametrize("name", [pytest.param(t, marks=pytest.mark.slow)

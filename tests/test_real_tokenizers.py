@@ -227,9 +227,12 @@ LABEL_CHECKS = ["S1", "S2", "S3", "S4", "S10", "S11"]
 #: catalogue targets not yet correct under a family, with the reason (data, not silence).
 #: correct-per-turn on mistral was one until its per-turn cuts located turns by difference
 #: and stopped training the lone '▁' SentencePiece writes after [/INST].
-#: (family, correct target) pairs expected to fail, with the reason (none today: the Mistral
-#: empty answer's lone '▁' is settled in docs/specification.md#s2 and the tagged twin trains it)
-NOT_YET: dict = {}
+NOT_YET: dict = {
+    ("mistral", "correct-agentic-generation-tags"):
+        "S2 on an empty answer ('[/INST] </s>'): the reference trains the lone '▁' where the "
+        "content would start, the tagged twin of the template leaves that space outside its "
+        "generation tags (issue 23: to settle in the specification)",
+}
 
 
 @pytest.mark.parametrize("target", list(HOW))

@@ -209,9 +209,8 @@ def _mistral_template(generation: bool) -> str:
       unquoted); the next assistant answer follows with its usual leading space.
     * ``tool_calls`` that is ``None`` or empty counts as no calls.
 
-    With ``generation``, the tags hold the content with the space before it (the model writes
-    it after ``[/INST]``: an empty answer is the lone ``▁`` and ``</s>``), or the
-    ``[TOOL_CALLS]`` block, and ``</s>``."""
+    With ``generation``, the tags hold the content (or the ``[TOOL_CALLS]`` block) and
+    ``</s>``; not the space before a content."""
     return jinja(r"""
         {%- if messages[0].role == 'system' -%}
             {%- set system_message = messages[0].content -%}
@@ -264,6 +263,7 @@ def _mistral_template(generation: bool) -> str:
             {%- endfor -%}
             @CALLS@
         {%- elif message.role == 'assistant' -%}
+            {{- ' ' -}}
             @ANSWER@
         {%- elif message.role in ('tool', 'tool_results') -%}
             {%- if message.content is defined and message.content.content is defined -%}
@@ -283,7 +283,7 @@ def _mistral_template(generation: bool) -> str:
         {%- endfor -%}
     """.replace("@IDS@", literal(_MISTRAL_IDS))
         .replace("@CALLS@", produced("turn.body", "eos_token", generation))
-        .replace("@ANSWER@", produced("' ' + (message.content | trim)", "eos_token", generation)))
+        .replace("@ANSWER@", produced("message.content | trim", "eos_token", generation)))
 
 
 MISTRAL_TEMPLATE = _mistral_template(False)
