@@ -44,12 +44,15 @@ def collect(root: Path) -> dict:
                                 "message": c.get("message", "")}
                       for c in run.get("checks", [])}
             rows.append({"library": lib, "version": data.get("versions", {}).get(lib, ""),
-                         "target": run["spec"], "tokenizer": data.get("tokenizer") or "bundled",
+                         "target": run["spec"],
+                         "tokenizer": run.get("tokenizer") or data.get("tokenizer") or "bundled",
                          "error": run.get("error"), "checks": checks,
                          "report": str(path.relative_to(root).with_suffix(".md")),
                          "findings": str(findings.relative_to(root)) if findings else None,
                          "seconds": run.get("seconds")})
-    return {"checks": AGENTIC_CHECKS, "rows": rows, "sources": sources}
+    notes = root / "notes" / "agentic.md"
+    return {"checks": AGENTIC_CHECKS, "rows": rows, "sources": sources,
+            "notes": notes.read_text(encoding="utf-8") if notes.is_file() else ""}
 
 
 def render(data: dict, command: str) -> str:
@@ -94,6 +97,8 @@ def render(data: dict, command: str) -> str:
             if c and c["status"] in ("failed", "error"):
                 first = c["message"].strip().splitlines()[0][:220]
                 lines.append(f"- `{r['target']}` ({r['tokenizer']}) {i} {c['status']}: {first}")
+    if data.get("notes"):
+        lines += ["", "## Notes (confirmed by hand)", "", data["notes"].strip()]
     lines += ["", "## Sources", ""]
     for s in data["sources"]:
         v = s["versions"]

@@ -232,6 +232,8 @@ NOT_YET: dict = {
         "S2 on an empty answer ('[/INST] </s>'): the reference trains the lone '▁' where the "
         "content would start, the tagged twin of the template leaves that space outside its "
         "generation tags (issue 23: to settle in the specification)",
+    ("mistral", "correct-agentic-last-turn-reasoning"):
+        "the same tagged twin as correct-agentic-generation-tags (its empty-answer case)",
 }
 
 

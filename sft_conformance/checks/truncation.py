@@ -18,6 +18,7 @@ from ..failures import fail
 from ..tables import show_token
 from .engine import (
     batch_strategy,
+    require_renders,
     run_property,
 )
 from .labels import (
@@ -99,6 +100,7 @@ def check_truncation(ctx: Context) -> None:
 
     def prop(inputs):
         convs, delta = inputs
+        require_renders(ctx, convs, tok)  # a drawn tool conversation the template refuses
         exs, want = expected_labels(ctx, convs, tok)
         longest = max(len(e) for e in exs)
         cap = max(8, longest + delta)
