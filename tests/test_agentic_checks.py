@@ -149,3 +149,15 @@ def test_the_last_turn_correct_target_passes(only):
                        only=only)
     bad = [(r.id, r.status, r.message[:300]) for r in run.results if r.status != "passed"]
     assert run.error is None and not bad, bad
+
+
+@pytest.mark.parametrize("name", ["qwen2.5", pytest.param("qwen3", marks=pytest.mark.slow),
+                                  pytest.param("chatml-tools", marks=pytest.mark.slow)])
+def test_the_per_turn_agentic_correct_target_passes(name):
+    """Tool conversations tokenized per turn (pieces cut at the tagged twin's generation spans),
+    declared tokenization = "per_turn": every label and tool check passes."""
+    _need(name)
+    run = check_target("correct-agentic-per-turn", profile="ci", tokenizer=name,
+                       only=["S1", "S2", "S3", "S4", "S13", "S14", "S15"])
+    bad = [(r.id, r.status, r.message[:300]) for r in run.results if r.status != "passed"]
+    assert run.error is None and not bad, bad

@@ -769,12 +769,58 @@ class AgenticGenerationTagsLastTurn(AgenticGenerationTags):
         return super().examples(stripped, tokenizer, max_length)
 
 
+class AgenticPerTurn(AgenticGenerationTags):
+    """Declares tokenization = "per_turn" on tool conversations: the whole rendering is cut at
+    the character spans of the tagged twin's {% generation %} blocks (transformers'
+    render_jinja_template), and each prompt and response piece is tokenized alone; no reference
+    code."""
+
+    name = "correct-agentic-per-turn"
+    tokenization = "per_turn"
+
+    def examples(self, conversations, tokenizer, max_length):
+        from transformers.utils.chat_template_utils import render_jinja_template
+
+        source = _tagged_template(tokenizer)
+        if source is None:
+            raise ValueError(f"no tagged twin of {tokenizer.name_or_path!r}'s template")
+        special = _special_ids(tokenizer)
+        kept = []
+        for conv in conversations:
+            messages, tools = (conv["messages"], conv.get("tools")) if isinstance(conv, dict) \
+                else (conv, None)
+            (text,), (spans,) = render_jinja_template(
+                conversations=[list(messages)], tools=tools or None, chat_template=source,
+                return_assistant_tokens_mask=True, **tokenizer.special_tokens_map)
+            ids, trained, turns, done = [], [], [], 0
+            for a, b in list(spans) + [(len(text), len(text))]:
+                for lo, hi, train in ((done, a, False), (a, b, True)):
+                    if hi <= lo:
+                        continue
+                    piece = tokenizer(text[lo:hi], add_special_tokens=False)["input_ids"]
+                    start = len(ids)
+                    ids += piece
+                    trained += [train] * len(piece)
+                    if train:
+                        end = start + len(piece) - 1
+                        turns.append((start, start + len(piece),
+                                      end if ids[end] in special else None))
+                done = max(done, b)
+            ex = _fit(_Encoded(ids, trained, turns), max_length, self.overlong)
+            if ex is not None:
+                kept.append(ex)
+        if not kept:
+            raise NoTrainedPositionError("nothing to train: every example was left out",
+                                         field="conversations")
+        return kept
+
+
 _ALL = [Plain, OwnException, PadToMultipleOf8, BaseModelEos, Bf16Autocast, RightPadAllOnesMask,
         LeftPadding, LengthGrouped, NoAttentionMask, PackedUndeclared, PaddingFree, Shifted,
         SumOverCount, Float32Loss, TrainsAfterEotUnused, LastTurnOnly, DropOverlong,
         TruncatePrompt,
         TruncateEnd, Llama3, WithOptions, PerTurn, AgenticGenerationTags,
-        AgenticGenerationTagsLastTurn]
+        AgenticGenerationTagsLastTurn, AgenticPerTurn]
 
 REGISTRY = {cls.name: f"{__name__}:{cls.__name__}" for cls in _ALL}
 
