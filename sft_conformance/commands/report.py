@@ -169,8 +169,11 @@ def run(args) -> int:
             t for t in library_targets(args.library)
             if getattr(args, "agentic", False) == _declares_tools(t)]
         if not args.targets:  # else the default targets would run in the library's place
-            raise UsageError(f"--agentic --library {args.library}: no target of "
-                             f"{args.library} declares tools")
+            raise UsageError(
+                f"--agentic --library {args.library}: no target of {args.library} declares "
+                "tools" if getattr(args, "agentic", False) else
+                f"--library {args.library}: every target of {args.library} is a tool path, "
+                "a row of the agentic matrix: pass --agentic")
         if not args.out:
             args.out = default_out(args.library)
         # the library's hand-confirmed findings: beside the report, else the committed ones
