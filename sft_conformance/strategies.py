@@ -137,20 +137,34 @@ def tool_calls(draw, tools: list[dict], *, max_calls: int = 2,
     return calls
 
 
+def agentic_batches(*, min_size: int = 1, max_size: int = 2, plain=None, **kwargs):
+    """Lists of tool conversations (mixed with ``plain`` conversations when given) whose calls
+    all share one argument type, drawn once per batch (one dataset column, one type)."""
+    def batch(arguments):
+        one = agentic_conversations(arguments=arguments, **kwargs)
+        return st.lists(st.one_of(plain, one) if plain is not None else one,
+                        min_size=min_size, max_size=max_size)
+
+    return st.sampled_from(["dict", "json"]).flatmap(batch)
+
+
 @st.composite
 def agentic_conversations(draw, *, max_rounds: int = 2, reasoning: bool = True,
                           system: bool | None = None, follow_up: bool | None = None,
-                          consecutive_assistant: bool = True) -> dict:
+                          consecutive_assistant: bool = True,
+                          arguments: str | None = None) -> dict:
     """``{"messages", "tools"}``: a user asks; the assistant calls tools (single or parallel,
     content empty, ``None`` or text beside the calls, reasoning on some turns), each call gets
     a tool result (consecutive tool messages), for 1..max_rounds rounds; then an answer;
     sometimes a real user follow-up and another answer (it moves Qwen3's last query), and
     sometimes two assistant messages in a row. The calls' arguments are all dicts or all JSON
-    strings within one conversation: a dataset column (Arrow, parquet) holds one type, and a
-    loader that refuses a mix would hide every label the checks judge."""
+    strings within one conversation (``arguments``: ``"dict"`` or ``"json"``, drawn when None;
+    a batch passes one for all its conversations: a dataset column, Arrow or parquet, holds one
+    type, and a loader that refuses a mix would hide every label the checks judge)."""
     content = message_contents(adversarial=False, max_pieces=5)
     tools = draw(tool_schemas())
-    arguments = draw(st.sampled_from(["dict", "json"]), label="arguments")
+    if arguments is None:
+        arguments = draw(st.sampled_from(["dict", "json"]))
     call_ids: list[str] = []
     messages = []
     if (draw(st.booleans()) if system is None else system):

@@ -11,14 +11,11 @@ standard fixture of the public bug reports. They apply to a target that declares
 
 from __future__ import annotations
 
-import hypothesis.strategies as st
-
 from sft_conformance.reference.conversation import messages_of
 
 from ..alignment import IGNORE_INDEX
 from ..context import Context
 from ..failures import CheckSkipped
-from ..strategies import agentic_conversations
 from .engine import run_property
 from .labels import label_property
 from .registry import register
@@ -99,12 +96,12 @@ def applicable(ctx: Context, tok) -> None:
 
 
 def agentic_batches(ctx, *, reasoning: bool = True, max_size: int = 2):
+    from ..strategies import agentic_batches as batches
+
     single = not getattr(ctx.target, "multi_turn", True)
-    return st.lists(
-        agentic_conversations(
-            reasoning=reasoning, follow_up=False if single else None,
-            system=False if not getattr(ctx.target, "system_prompt", True) else None),
-        min_size=1, max_size=max_size)
+    return batches(reasoning=reasoning, follow_up=False if single else None,
+                   system=False if not getattr(ctx.target, "system_prompt", True) else None,
+                   min_size=1, max_size=max_size)
 
 
 def note_unrendered(ctx, convs, tok) -> None:

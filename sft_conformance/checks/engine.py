@@ -19,11 +19,8 @@ from ..strategies import CHAR_ALPHABET, conversations
 # -- drawing inputs -----------------------------------------------------------------------------
 
 
-def conversation_strategy(ctx: Context, *, max_turns=3, adversarial=True, min_turns=1,
-                          agentic=False):
-    """Drawn conversations for a check. ``agentic``: for a target that declares ``tools`` on a
-    template that renders them, half the draws are tool conversations (calls, results,
-    reasoning, follow-ups) instead of plain chat (the checks that pass it judge both shapes)."""
+def conversation_strategy(ctx: Context, *, max_turns=3, adversarial=True, min_turns=1):
+    """Drawn plain-chat conversations for a check."""
     char = ctx.tokenizer().name_or_path.endswith("seed001")
     single = not getattr(ctx.target, "multi_turn", True)
     system = False if (char or single or not getattr(ctx.target, "system_prompt", True)) else None
@@ -36,11 +33,6 @@ def conversation_strategy(ctx: Context, *, max_turns=3, adversarial=True, min_tu
     )
     if min_turns > 1:
         strategy = strategy.filter(lambda c: sum(m["role"] == "assistant" for m in c) >= min_turns)
-    if agentic and draws_agentic(ctx):
-        from ..strategies import agentic_conversations
-
-        strategy = st.one_of(strategy, agentic_conversations(
-            max_rounds=1 if single else 2, follow_up=False if single else None, system=system))
     return strategy
 
 
@@ -57,8 +49,22 @@ def draws_agentic(ctx: Context) -> bool:
     return ctx.memo["draws_agentic"]
 
 
-def batch_strategy(ctx, *, min_size=1, max_size=3, **kwargs):
-    return st.lists(conversation_strategy(ctx, **kwargs), min_size=min_size, max_size=max_size)
+def batch_strategy(ctx, *, min_size=1, max_size=3, agentic=False, **kwargs):
+    """Drawn batches. ``agentic``: for a target that declares ``tools`` on a template that
+    renders them, each conversation is plain chat or a tool conversation (calls, results,
+    reasoning, follow-ups), half and half, the batch's calls sharing one argument type."""
+    plain = conversation_strategy(ctx, **kwargs)
+    if agentic and draws_agentic(ctx):
+        from ..strategies import agentic_batches
+
+        single = not getattr(ctx.target, "multi_turn", True)
+        char = ctx.tokenizer().name_or_path.endswith("seed001")
+        system = False if (char or single or not getattr(ctx.target, "system_prompt", True)) \
+            else None
+        return agentic_batches(min_size=min_size, max_size=max_size, plain=plain,
+                               max_rounds=1 if single else 2,
+                               follow_up=False if single else None, system=system)
+    return st.lists(plain, min_size=min_size, max_size=max_size)
 
 
 #: a check that judged fewer examples than this is an error, never a pass
