@@ -117,13 +117,14 @@ def test_pinned_verdicts(target):
 # -- tool conversations (issue 23): the agentic rows on Qwen2.5 ----------------------------------
 # Hand-confirmed in reports/ms-swift/findings-agentic.md: the hermes agent template glues the
 # content beside calls to <tool_call> and decodes JSON-string arguments (S1); a last answer that
-# ends with the eos text gets no <|im_end|> (S4); a message mixing dict and JSON-string
-# arguments cannot be loaded by datasets/pyarrow (S13, S14).
+# ends with the eos text gets no <|im_end|> (S4); a batch whose conversations mix dict and
+# JSON-string arguments (each conversation holds one type since a0e26f3, a batch of them does
+# not) cannot be loaded by datasets/pyarrow (S3, S13, S14: refusals, not labels).
 _REFUSED = "the target refused a batch that has tokens to train"
 _AGENTIC = {
     "S1": ("failed", "check", "S1: example 0 (batch row 0): input ids differ from the chat "
                               "template's tokenization"),
-    "S3": "passed",
+    "S3": ("failed", "check", f"S3: {_REFUSED}"),
     "S4": ("failed", "check", "S4: the end-of-turn token is not trained"),
     "S13": ("failed", "check", f"S13: {_REFUSED}"),
     "S14": ("failed", "check", f"S14: {_REFUSED}"),

@@ -115,11 +115,13 @@ def test_tools_never_reach_the_template_but_tool_results_are_masked():
     assert trained.startswith("<tool_call>\n{\"name\": \"get_weather\"")
 
 
+# S4, S13-S15: a batch whose conversations mix dict and JSON-string arguments (each holds one
+# type since a0e26f3, a batch of them does not) cannot be loaded by datasets/pyarrow.
 _REFUSED = "the target refused a batch that has tokens to train"
 AGENTIC_PINNED = {"openrlhf-sft-multiturn-tools": {
     "S1": ("failed", "check", "S1: example 0 (batch row 0) is followed by an extra trained token"),
     "S3": ("failed", "check", "S3: a token outside the assistant's turns is trained"),
-    "S4": "passed",
+    "S4": ("failed", "check", f"S4: {_REFUSED}"),
     "S13": ("failed", "check", f"S13: {_REFUSED}"),
     "S14": ("failed", "check", f"S14: {_REFUSED}"),
     "S15": ("failed", "check", f"S15: {_REFUSED}"),
