@@ -43,7 +43,8 @@ def collect(root: Path) -> dict:
             checks = {c["id"]: {"status": c["status"], "judged": c.get("judged"),
                                 "message": c.get("message", "")}
                       for c in run.get("checks", [])}
-            rows.append({"library": lib, "version": data.get("versions", {}).get(lib, ""),
+            rows.append({"library": lib, "version": data.get("versions", {}).get(lib)
+                         or "not recorded (see findings)",
                          "target": run["spec"],
                          "tokenizer": run.get("tokenizer") or data.get("tokenizer") or "bundled",
                          "error": run.get("error"), "checks": checks,
