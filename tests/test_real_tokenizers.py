@@ -234,10 +234,17 @@ NOT_YET: dict = {
         "generation tags (issue 23: to settle in the specification)",
     ("mistral", "correct-agentic-last-turn-reasoning"):
         "the same tagged twin as correct-agentic-generation-tags (its empty-answer case)",
+    ("mistral", "correct-agentic-per-turn"):
+        "the same question: it cuts at the tagged twin's spans, which leave the space after "
+        "[/INST] outside, so a response piece ' it' tokenizes as a lone '▁' and 'it' where the "
+        "reference's per-turn piece gives '▁it' (docs/specification.md#s2, open question)",
 }
 
 
-@pytest.mark.parametrize("target", list(HOW))
+#: the agentic correct targets are proven on every family by tests/test_agentic_checks.py; their
+#: label-check runs here go to the slow environment (tox -e slow) to keep the default run short
+@pytest.mark.parametrize("target", [pytest.param(t, marks=pytest.mark.slow)
+                                    if t.startswith("correct-agentic-") else t for t in HOW])
 @pytest.mark.parametrize("name", DEFAULT)
 def test_correct_target_passes_the_label_checks_on_a_real_tokenizer(name, target):
     _need(name)

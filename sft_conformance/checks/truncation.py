@@ -314,7 +314,7 @@ def check_truncation(ctx: Context) -> None:
     run_property(
         ctx,
         st.tuples(
-            batch_strategy(ctx, max_size=2, adversarial=False, agentic=True),
+            batch_strategy(ctx, max_size=2, adversarial=False),
             st.sampled_from([-12, -3, -1, 0, 1])
         ),
         prop,
