@@ -62,3 +62,19 @@ def varlen_forward(model, batch):
                                                                    torch.finfo(dtype).min)
     return model(input_ids=input_ids, position_ids=position_ids, attention_mask=additive,
                  use_cache=False).logits
+
+
+def tool_rows(conversations) -> list[dict]:
+    """Dataset rows of tool conversations as TRL-style datasets hold them: a ``messages`` column
+    and, when the conversation offers tools, a ``tools`` column (copies: a library may edit
+    them)."""
+    from sft_conformance.reference.conversation import split
+
+    out = []
+    for conv in conversations:
+        messages, tools = split(conv)
+        row = {"messages": [dict(m) for m in messages]}
+        if tools:
+            row["tools"] = [dict(t) for t in tools]
+        out.append(row)
+    return out

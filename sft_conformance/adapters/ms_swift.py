@@ -189,16 +189,9 @@ class _ToolsMixin:
     tokenizer = "qwen2.5"
 
     def rows(self, conversations):
-        from sft_conformance.reference.conversation import split
+        from ._local import tool_rows
 
-        out = []
-        for conv in conversations:
-            messages, tools = split(conv)
-            row = {"messages": [dict(m) for m in messages]}
-            if tools:
-                row["tools"] = [dict(t) for t in tools]
-            out.append(row)
-        return out
+        return tool_rows(conversations)
 
 
 class ToolsTarget(_ToolsMixin, _SwiftTarget):

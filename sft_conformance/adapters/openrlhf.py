@@ -136,13 +136,6 @@ class MultiturnToolsTarget(MultiturnTarget):
     tokenizer = "chatml-tools"
 
     def rows(self, conversations):
-        from sft_conformance.reference.conversation import split
+        from ._local import tool_rows
 
-        out = []
-        for conv in conversations:
-            messages, tools = split(conv)
-            row = {"messages": [dict(m) for m in messages]}
-            if tools:
-                row["tools"] = [dict(t) for t in tools]
-            out.append(row)
-        return out
+        return tool_rows(conversations)

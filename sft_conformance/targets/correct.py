@@ -687,6 +687,14 @@ class PerTurn(Plain):
         return kept
 
 
+def _tagged_source(tokenizer) -> str:
+    """:func:`_tagged_template`, or a ValueError naming the tokenizer when there is none."""
+    source = _tagged_template(tokenizer)
+    if source is None:
+        raise ValueError(f"no tagged twin of {tokenizer.name_or_path!r}'s template")
+    return source
+
+
 def _tagged_template(tokenizer) -> str | None:
     """The ``{% generation %}``-tagged twin of a bundled template (same rendering, tags around
     what the assistant produces), found by the tokenizer's bundled name."""
@@ -716,9 +724,7 @@ class AgenticGenerationTags(Plain):
     def examples(self, conversations, tokenizer, max_length):
         from sft_conformance.assets import copy_tokenizer
 
-        source = _tagged_template(tokenizer)
-        if source is None:
-            raise ValueError(f"no tagged twin of {tokenizer.name_or_path!r}'s template")
+        source = _tagged_source(tokenizer)
         tagged = copy_tokenizer(tokenizer)
         tagged.chat_template = source
         kept = []
@@ -781,9 +787,7 @@ class AgenticPerTurn(AgenticGenerationTags):
     def examples(self, conversations, tokenizer, max_length):
         from transformers.utils.chat_template_utils import render_jinja_template
 
-        source = _tagged_template(tokenizer)
-        if source is None:
-            raise ValueError(f"no tagged twin of {tokenizer.name_or_path!r}'s template")
+        source = _tagged_source(tokenizer)
         special = _special_ids(tokenizer)
         kept = []
         for conv in conversations:
