@@ -227,5 +227,22 @@ class Locator:
                 if m.get(field) and not self.renders(j, field):
                     dropped.append((j, field))
             start = min(here[0], max(head, 0)) if head <= here[0] else here[0]
+            # whitespace glue the template writes right after the prompt side (Mistral's space
+            # after [/INST]) is trained only inside a token that also holds what the assistant
+            # produces; the content's own leading whitespace stays in the span
+            run = 0
+            while start + run < here[0] and self.text[start + run].isspace():
+                run += 1
+            content = m.get("content") or ""
+            words = content.strip()
+            if (self.text.startswith(words, start + run) if words
+                    else not any(m.get(f) and self.renders(j, f)
+                                 for f in ("tool_calls", "reasoning_content"))):
+                lead = len(content) - len(content.lstrip())
+                if lead and self._render([dict(x, content=content.lstrip()) if k == j else x
+                                          for k, x in enumerate(self.messages)],
+                                         False) == self.text:
+                    lead = 0  # the template trims the content: the space before it is glue
+                start += max(0, run - lead)
             out.append((j, head, start, here[1], nxt, here[1]))
         return out, dropped

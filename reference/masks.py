@@ -138,7 +138,13 @@ def _special_ids(tokenizer) -> set[int]:
 
 
 def _locate_content(turn_text: str, content: str) -> tuple[int, int]:
-    """Where the message content (as the template rendered it) sits in the turn's text."""
+    """Where the message content (as the template rendered it) sits in the turn's text. An
+    empty content sits where its first character would go: after the whitespace glue the
+    template writes before a content (Mistral's space after ``[/INST]``), which is therefore
+    not trained on its own (docs/specification.md#the-trained-span)."""
+    if content == "":
+        at = len(turn_text) - len(turn_text.lstrip())
+        return at, at
     for rendered in (content, content.strip(), content.lstrip(), content.rstrip()):
         pos = turn_text.find(rendered)
         if pos >= 0:
@@ -216,8 +222,13 @@ def _turns_by_prefix(conversation, tokenizer, text):
         through = render(tokenizer, conversation[: j + 1])
         if not text.startswith(before) or not text.startswith(through):
             return None
+        content = message["content"]
+        if content != content.lstrip() and render(tokenizer, [
+                dict(m, content=content.lstrip()) if k == j else m
+                for k, m in enumerate(conversation)]) == text:
+            content = content.lstrip()  # the template trims it: its space before is glue
         try:
-            c0, c1 = _locate_content(text[len(before):len(through)], message["content"])
+            c0, c1 = _locate_content(text[len(before):len(through)], content)
         except ValueError:
             return None
         turn = text[len(before):len(through)]
@@ -275,7 +286,14 @@ def _turns_by_placeholders(conversation, tokenizer, text, index):
         prompt = _header(tokenizer, conversation, j)
         generation = prompt[len(render(tokenizer, conversation[:j])):] if j else ""
         head = text.rfind(generation, glue_start, c0) if generation else -1
-        header_end = head + len(generation) if head >= 0 else c0
+        if head >= 0:
+            header_end = head + len(generation)
+        else:  # no generation prompt (Mistral): the prompt side ends before the whitespace
+            # the template writes ahead of the content, unless the prompt ends with it too
+            header_end = c0
+            while header_end > glue_start and text[header_end - 1].isspace():
+                header_end -= 1
+            header_end = min(c0, header_end + len(prompt) - len(prompt.rstrip()))
         nxt = [s for s in starts if s > c0]
         turn_end = nxt[0] if nxt else len(text)
         out.append((j, header_end, c0, c1, turn_end, c1))

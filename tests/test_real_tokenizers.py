@@ -226,19 +226,10 @@ LABEL_CHECKS = ["S1", "S2", "S3", "S4", "S10", "S11"]
 
 #: catalogue targets not yet correct under a family, with the reason (data, not silence).
 #: correct-per-turn on mistral was one until its per-turn cuts located turns by difference
-#: and stopped training the lone '▁' SentencePiece writes after [/INST].
-NOT_YET: dict = {
-    ("mistral", "correct-agentic-generation-tags"):
-        "S2 on an empty answer ('[/INST] </s>'): the reference trains the lone '▁' where the "
-        "content would start, the tagged twin of the template leaves that space outside its "
-        "generation tags (issue 23: to settle in the specification)",
-    ("mistral", "correct-agentic-last-turn-reasoning"):
-        "the same tagged twin as correct-agentic-generation-tags (its empty-answer case)",
-    ("mistral", "correct-agentic-per-turn"):
-        "the same question: it cuts at the tagged twin's spans, which leave the space after "
-        "[/INST] outside, so a response piece ' it' tokenizes as a lone '▁' and 'it' where the "
-        "reference's per-turn piece gives '▁it' (docs/specification.md#s2, open question)",
-}
+#: and stopped training the lone '▁' SentencePiece writes after [/INST]; the three agentic
+#: tagged-twin targets were ones until the specification settled that whitespace glue after
+#: the prompt side is trained only inside a token that holds produced text (spec version 8).
+NOT_YET: dict = {}
 
 
 #: the agentic correct targets are proven on every family by tests/test_agentic_checks.py; their

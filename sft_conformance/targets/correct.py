@@ -77,11 +77,26 @@ def _by_prefix(text, head_text, upto_text, content):
         return None
     head, upto = len(head_text), len(upto_text)
     turn = text[head:upto]
+    if not content:  # an empty answer sits after the glue space (Mistral's '[/INST] </s>')
+        at = len(turn) - len(turn.lstrip())
+        return head, head + at, head + at, upto
     for shown in (content, content.strip(), content.lstrip(), content.rstrip()):
         at = turn.find(shown)
         if at >= 0:
             return head, head + at, head + at + len(shown), upto
     return None
+
+
+def _as_rendered(conversation, tokenizer, text, j) -> str:
+    """Message ``j``'s content, without its leading whitespace when the template trims it
+    (Mistral): that space before the content is then the template's glue, not content."""
+    content = conversation[j]["content"]
+    if content != content.lstrip():
+        trimmed = [dict(m, content=content.lstrip()) if i == j else m
+                   for i, m in enumerate(conversation)]
+        if _render(tokenizer, trimmed) == text:
+            return content.lstrip()
+    return content
 
 
 def _by_difference(conversation, tokenizer, text, j):
@@ -102,7 +117,14 @@ def _by_difference(conversation, tokenizer, text, j):
     prompt = _render(tokenizer, conversation[:j], True) if j else _assistant_header(tokenizer)
     generation = prompt[len(_render(tokenizer, conversation[:j])):] if j else prompt
     at = text.rfind(generation, 0, lead) if generation else -1
-    head = at + len(generation) if at >= 0 else lead
+    if at >= 0:
+        head = at + len(generation)
+    else:  # no generation prompt (Mistral): the prompt ends before the space the template
+        # writes ahead of the content, unless inference's prompt ends with that whitespace too
+        head = lead
+        while head > 0 and text[head - 1].isspace():
+            head -= 1
+        head = min(lead, head + len(prompt) - len(prompt.rstrip()))
     return head, lead, content_end, len(text)
 
 
@@ -141,7 +163,8 @@ def _encode(conversation, tokenizer, policy: str = "all") -> _Encoded:
         head_text = (_render(tokenizer, conversation[:j], True) if j else
                      _assistant_header(tokenizer))
         upto_text = _render(tokenizer, conversation[:j + 1])
-        found = _by_prefix(text, head_text, upto_text, message["content"])
+        found = _by_prefix(text, head_text, upto_text,
+                           _as_rendered(conversation, tokenizer, text, j))
         if found is None:  # not prefix-preserving (Qwen3, Mistral with a system prompt)
             found = _by_difference(conversation, tokenizer, text, j)
         head, begin, content_end, upto = found
@@ -627,7 +650,8 @@ def _encode_per_turn(conversation, tokenizer, policy: str = "all") -> _Encoded:
         head_text = (_render(tokenizer, conversation[:j], True) if j else
                      _assistant_header(tokenizer))
         upto_text = _render(tokenizer, conversation[:j + 1])
-        found = _by_prefix(text, head_text, upto_text, conversation[j]["content"])
+        found = _by_prefix(text, head_text, upto_text,
+                           _as_rendered(conversation, tokenizer, text, j))
         if found is not None:
             head, _, _, upto = found
         else:  # not prefix-preserving (Mistral moves the system prompt): the turn ends after
@@ -638,10 +662,12 @@ def _encode_per_turn(conversation, tokenizer, policy: str = "all") -> _Encoded:
         prompt = tokenizer(text[done:head], add_special_tokens=False)["input_ids"]
         enc = tokenizer(text[head:upto], add_special_tokens=False, return_offsets_mapping=True)
         response, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
-        turn, content = text[head:upto], conversation[j]["content"]
+        turn, content = text[head:upto], _as_rendered(conversation, tokenizer, text, j)
         at, shown = next(((turn.find(c), c) for c in (content, content.strip(), content.lstrip(),
                                                       content.rstrip()) if turn.find(c) >= 0),
                          (0, ""))
+        if not content:  # an empty answer: after the glue whitespace, where a word would go
+            at = len(turn) - len(turn.lstrip())
         content_end = at + len(shown)
         gap = turn[:at]
         begin = len(gap) - len(gap.lstrip()) if gap.strip() else at  # <think> text is trained
@@ -789,6 +815,12 @@ class AgenticPerTurn(AgenticGenerationTags):
 
         source = _tagged_source(tokenizer)
         special = _special_ids(tokenizer)
+        # whitespace the generation prompt ends with ('\n' after ChatML's assistant header);
+        # whitespace between it and the tagged text (Mistral's space after [/INST]) is not part
+        # of what inference tokenizes as the prompt, so the response piece starts before it
+        probe = [{"role": "user", "content": "x"}]
+        prompt = _render(tokenizer, probe, True)
+        prompt_ws = len(prompt) - len(prompt.rstrip())
         kept = []
         for conv in conversations:
             messages, tools = (conv["messages"], conv.get("tools")) if isinstance(conv, dict) \
@@ -798,16 +830,25 @@ class AgenticPerTurn(AgenticGenerationTags):
                 return_assistant_tokens_mask=True, **tokenizer.special_tokens_map)
             ids, trained, turns, done = [], [], [], 0
             for a, b in list(spans) + [(len(text), len(text))]:
-                for lo, hi, train in ((done, a, False), (a, b, True)):
+                cut = a
+                while cut > done and text[cut - 1].isspace():
+                    cut -= 1
+                cut = min(a, cut + prompt_ws) if b > a else a
+                for lo, hi, train in ((done, cut, False), (cut, b, True)):
                     if hi <= lo:
                         continue
-                    piece = tokenizer(text[lo:hi], add_special_tokens=False)["input_ids"]
+                    enc = tokenizer(text[lo:hi], add_special_tokens=False,
+                                    return_offsets_mapping=True)
+                    piece = list(enc["input_ids"])
+                    # a token of the response piece is trained when it holds a tagged character
+                    marks = [train and (lo + s >= a or lo + e > a) for s, e in enc["offset_mapping"]]
                     start = len(ids)
                     ids += piece
-                    trained += [train] * len(piece)
-                    if train:
+                    trained += marks
+                    if train and any(marks):
+                        first = start + marks.index(True)
                         end = start + len(piece) - 1
-                        turns.append((start, start + len(piece),
+                        turns.append((first, start + len(piece),
                                       end if ids[end] in special else None))
                 done = max(done, b)
             ex = _fit(_Encoded(ids, trained, turns), max_length, self.overlong)
