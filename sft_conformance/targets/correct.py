@@ -841,7 +841,8 @@ class AgenticPerTurn(AgenticGenerationTags):
                                     return_offsets_mapping=True)
                     piece = list(enc["input_ids"])
                     # a token of the response piece is trained when it holds a tagged character
-                    marks = [train and (lo + s >= a or lo + e > a) for s, e in enc["offset_mapping"]]
+                    marks = [train and (lo + s >= a or lo + e > a)
+                             for s, e in enc["offset_mapping"]]
                     start = len(ids)
                     ids += piece
                     trained += marks
