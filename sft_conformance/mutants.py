@@ -858,6 +858,12 @@ _ALL = [OffByOneLate, OffByOneEarly, EosMaskedByValue, MissingEndToken, LabelsSh
 
 REGISTRY = {cls.name: f"{__name__}:{cls.__name__}" for cls in _ALL}
 
+# a mutant fails by design and its collate is ours (cheap): serving its label-level batches
+# from chunk calls (sft_conformance.batch_judging) would only add the recording pass and the
+# re-run of each failing check
+for _cls in _ALL:
+    _cls.batch_judging = False
+
 KILLS = {
     "mutant-off-by-one-late": "S2",
     "mutant-off-by-one-early": "S3",

@@ -3,6 +3,7 @@ pytest plugin (:mod:`sft_conformance.plugin`), which parametrizes over the same 
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import time
 import traceback
@@ -325,6 +326,12 @@ class CollateOnce:
         object.__setattr__(self, "_memo", {})
         object.__setattr__(self, "calls", 0)
         object.__setattr__(self, "made", 0)
+        # batch judging (sft_conformance.batch_judging): batches cut from chunk calls, served
+        # to the label-level checks while ``serving`` is on
+        object.__setattr__(self, "served", {})
+        object.__setattr__(self, "serving", False)
+        object.__setattr__(self, "served_now", 0)
+        object.__setattr__(self, "served_total", 0)
 
     def __getattr__(self, key):
         return getattr(self._inner, key)
@@ -340,6 +347,12 @@ class CollateOnce:
             key = (repr(conversations), id(tokenizer), _tokenizer_state(tokenizer), max_length)
         except Exception:  # an unusual tokenizer: no memo for it
             key = None
+        if self.serving and key is not None:
+            cut = self.served.get(key)
+            if cut is not None and cut[0] is tokenizer:
+                object.__setattr__(self, "served_now", self.served_now + 1)
+                object.__setattr__(self, "served_total", self.served_total + 1)
+                return copy.deepcopy(cut[1])
         hit = self._memo.get(key) if key is not None else None
         if hit is not None and hit[0] is tokenizer:
             return copy.deepcopy(hit[1])
@@ -364,7 +377,8 @@ def check_target(target, *, tokenizer: str | None = None, profile: str | None = 
                  only: list[str] | None = None, spec: str | None = None,
                  shrink: bool = True, distributed: bool = False, strict: bool = False,
                  max_length: int | None = None,
-                 collate_once: bool | None = None) -> TargetRun:
+                 collate_once: bool | None = None,
+                 batch_judging: bool | None = None) -> TargetRun:
     """Run every check on ``target`` (an object, a built-in name or ``module:attr``).
 
     ``shrink=False`` reports the first counterexample found instead of a minimal one (faster;
@@ -375,6 +389,11 @@ def check_target(target, *, tokenizer: str | None = None, profile: str | None = 
     ``collate_once`` (default on; ``SFT_CONFORMANCE_COLLATE_ONCE=0`` turns it off): identical
     ``collate`` calls within this run are made once (:class:`CollateOnce`); ``run.collate_calls``
     says how many calls the checks made and how many reached the target.
+
+    ``batch_judging`` (default on with the memo; ``SFT_CONFORMANCE_BATCH_JUDGING=0`` turns it
+    off): the label-level checks judge many conversations from one ``collate`` call
+    (:mod:`sft_conformance.batch_judging`); ``run.collate_calls["served"]`` counts the batches
+    served that way.
     """
     label = spec or (target if isinstance(target, str) else getattr(target, "name", "target"))
     try:
@@ -393,12 +412,62 @@ def check_target(target, *, tokenizer: str | None = None, profile: str | None = 
     memo = None
     if collate_once is None:
         collate_once = collate_once_default()
+    if batch_judging is None:
+        from .batch_judging import enabled_by_default
+
+        batch_judging = enabled_by_default()
     if pairs and collate_once and not d.missing:
         ctx = pairs[0][0]  # one context for every check of the run
         memo = ctx.target = CollateOnce(ctx.target)
+        if batch_judging:
+            _prepare_batch_judging(ctx, memo, [c for _, c in pairs])
     for ctx, check in pairs:
-        run.results.append(run_check(ctx, check))
+        run.results.append(_run_served(ctx, check, memo))
     if memo is not None:
-        run.collate_calls = {"calls": memo.calls, "made": memo.made}
+        run.collate_calls = {"calls": memo.calls, "made": memo.made,
+                             "served": memo.served_total}
         ctx.target = memo._inner
     return run
+
+
+def _prepare_batch_judging(ctx, memo, checks) -> None:
+    """Record the label-level checks' calls and cut their batches from chunk calls
+    (:mod:`sft_conformance.batch_judging`)."""
+    from . import batch_judging
+
+    inner = memo._inner
+    probe = dataclasses.replace(ctx, target=inner)
+    if not batch_judging.applies(probe):
+        return
+    label = [c for c in checks if c.id in batch_judging.LABEL_LEVEL
+             and not missing_capability(probe, c)]
+    if not label:
+        return
+    try:
+        calls = batch_judging.record(probe, label)
+        object.__setattr__(memo, "served", batch_judging.prepare(probe, inner, calls))
+    except Exception:  # never a verdict: without it every batch is asked of the target
+        object.__setattr__(memo, "served", {})
+    ctx.memo.pop("draws_agentic", None)
+
+
+def _run_served(ctx, check, memo) -> CheckResult:
+    """:func:`run_check` with the label-level batches served from chunk calls; a check that
+    does not pass on them runs again with nothing served, so its verdict, counterexample and
+    shrinking come from the target's own calls."""
+    from .batch_judging import LABEL_LEVEL
+
+    if memo is None or not memo.served or check.id not in LABEL_LEVEL:
+        return run_check(ctx, check)
+    object.__setattr__(memo, "serving", True)
+    object.__setattr__(memo, "served_now", 0)
+    try:
+        res = run_check(ctx, check)
+    finally:
+        object.__setattr__(memo, "serving", False)
+    if res.status in ("passed", "skipped") and not (
+            res.status == "passed" and res.message.startswith("declared known failure")):
+        return res
+    if memo.served_now == 0:
+        return res
+    return run_check(ctx, check)

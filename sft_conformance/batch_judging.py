@@ -1,0 +1,240 @@
+"""Collate once, judge many (issue 24): the label-level checks' batches served from a few large
+``collate`` calls.
+
+A target's own per-call cost (a library's datasets map, its template objects, a tokenizer copy)
+is paid once per drawn batch when every check calls ``collate`` on each of its draws. Under a
+derandomized profile the draws of a check on a target that passes are a fixed sequence, so the
+run can learn them first:
+
+1. **Record.** Each label-level check runs once against a stand-in that answers every
+   ``collate`` call with the batch the specification expects (the reference's examples, padded
+   on the right). The calls are recorded: conversations, tokenizer, ``max_length``.
+2. **Collate in chunks.** The recorded conversations, each once, go to the target in chunks of
+   :data:`CHUNK` per tokenizer and ``max_length``.
+3. **Serve.** When a check asks for a recorded batch, it gets the chunk's rows of its
+   conversations, provided each one is *clean*: the row holds exactly the expected ids of that
+   conversation (the untrained glue after the last end token may be left out) and nothing but
+   padding around them. Anything else (a packed row, a dropped or re-tokenized conversation, a
+   refused chunk, keys that are not per row) is asked of the target itself, as before.
+
+A check that does not pass on served batches is run again with nothing served, so every failure,
+counterexample and shrink comes from the target's own calls on the check's own batches. The
+stored verdicts are reproduced exactly (tests/test_batch_judging.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import torch
+
+#: conversations per chunk call
+CHUNK = 64
+#: the checks whose batches may be served: they judge each example's ids and labels alone
+LABEL_LEVEL = ("S1", "S2", "S3", "S4", "S10", "S11", "S13", "S14", "S15")
+#: ``SFT_CONFORMANCE_BATCH_JUDGING=0`` turns it off
+ENV = "SFT_CONFORMANCE_BATCH_JUDGING"
+_ROW_KEYS = ("input_ids", "labels", "attention_mask", "position_ids")
+
+
+def enabled_by_default() -> bool:
+    import os
+
+    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def applies(ctx) -> bool:
+    """Whether batch judging can help this run: a derandomized profile (the draws are a fixed
+    sequence) and a target whose ``collate`` costs more than our own reference's (ours declare
+    ``batch_judging = False``)."""
+    from . import profiles
+
+    if getattr(ctx.target, "batch_judging", True) is False:
+        return False
+    try:
+        return bool(profiles.profile(ctx.profile).derandomize)
+    except Exception:
+        return False
+
+
+class _Expected:
+    """The stand-in target of the recording pass: records each call and answers with the
+    batch the specification expects."""
+
+    def __init__(self, ctx, target):
+        self.ctx = ctx
+        self.calls = []
+        self._target = target
+
+    def __getattr__(self, key):  # the target's declarations, as the checks read them
+        return getattr(self._target, key)
+
+    def collate(self, conversations, tokenizer, max_length):
+        from .checks.labels import expected_labels
+
+        self.calls.append((copy.deepcopy(conversations), tokenizer, max_length))
+        exs, want = expected_labels(self.ctx, conversations, tokenizer)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        width = max((len(e.input_ids) for e in exs), default=1) or 1
+        ids, labels, mask = [], [], []
+        for e, w in zip(exs, want):
+            n = len(e.input_ids)
+            lab = list(w)
+            if self.ctx.decl.labels_shifted:
+                lab = lab[1:] + [-100]
+            ids.append(list(e.input_ids) + [pad] * (width - n))
+            labels.append(lab + [-100] * (width - n))
+            mask.append([1] * n + [0] * (width - n))
+        return {"input_ids": torch.tensor(ids, dtype=torch.long),
+                "labels": torch.tensor(labels, dtype=torch.long),
+                "attention_mask": torch.tensor(mask, dtype=torch.long)}
+
+
+def record(ctx, checks) -> list:
+    """The ``collate`` calls the label-level ``checks`` make on a target that passes them."""
+    from .failures import CheckFailure, CheckSkipped
+
+    stand_in = _Expected(ctx, ctx.target)
+    rec = dataclasses.replace(ctx, target=stand_in, shrink=False, notes=[], rejections={},
+                              judged=0, failed=False, last_inputs={})
+    stand_in.ctx = rec
+    for check in checks:
+        rec.check_id, rec.judged, rec.failed, rec.notes, rec.rejections = \
+            check.id, 0, False, [], {}
+        try:
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                check.func(rec)
+        except (CheckFailure, CheckSkipped):
+            pass  # a declaration the stand-in does not follow: later draws are asked directly
+        except Exception:
+            pass
+    return stand_in.calls
+
+
+def _row_content(batch, r, pad_id):
+    """``(ids, padded)``: the ids of row ``r`` without its padding, and whether what is left
+    out around them is padding only (attention mask 0, else the pad id)."""
+    ids = batch["input_ids"][r].tolist()
+    mask = batch.get("attention_mask")
+    if mask is not None:
+        m = mask[r].tolist()
+        on = [t for t, v in enumerate(m) if v]
+        if not on or on[-1] - on[0] + 1 != len(on):
+            return None
+        return ids[on[0]:on[-1] + 1], True
+    start = 0
+    while pad_id is not None and start < len(ids) and ids[start] == pad_id:
+        start += 1
+    return ids[start:], False
+
+
+def _matches(content, expected, droppable, pad_id) -> bool:
+    ids, masked = content
+    for want in ([expected, expected[:-1]] if droppable and len(expected) > 1 else [expected]):
+        if masked and ids == want:
+            return True
+        if not masked and ids[:len(want)] == want and all(x == pad_id for x in ids[len(want):]):
+            return True
+    return False
+
+
+def chunk_rows(ctx, inner, convs, tok, max_length) -> dict:
+    """``{repr(conversation): (batch, row)}`` for the conversations of one chunk call whose
+    row is clean (see the module docstring); empty when the target refuses the chunk."""
+    from .checks.labels import droppable_tails, expected_labels
+    from .context import validate_batch
+
+    try:
+        batch = validate_batch(inner.collate(copy.deepcopy(convs), tok, max_length),
+                               ctx.decl.name)
+    except Exception:
+        return {}
+    n_rows, width = batch["input_ids"].shape
+    for key, value in batch.items():
+        if key in _ROW_KEYS:
+            continue
+        if not (isinstance(value, torch.Tensor) and value.dim() == 2
+                and tuple(value.shape) == (n_rows, width)):
+            return {}  # a key the chunk's rows cannot be cut from
+    exs, want = expected_labels(ctx, convs, tok)
+    drop = droppable_tails(exs, want)
+    pad = tok.pad_token_id
+    contents = [_row_content(batch, r, pad) for r in range(n_rows)]
+    by_head: dict = {}
+    for r, content in enumerate(contents):
+        if content is not None:
+            by_head.setdefault(tuple(content[0][:8]), []).append(r)
+    out, used = {}, set()
+    for i, (conv, ex) in enumerate(zip(convs, exs)):
+        for r in by_head.get(tuple(ex.input_ids[:8]), ()):
+            if r not in used and _matches(contents[r], list(ex.input_ids), drop[i], pad):
+                out[repr(conv)] = (batch, r)
+                used.add(r)
+                break
+    return out
+
+
+def prepare(ctx, inner, calls) -> dict:
+    """``{call key: batch}``: each recorded call whose conversations all have clean rows in
+    the chunk calls, cut from them."""
+    from .runner import _tokenizer_state
+
+    groups: dict = {}
+    for convs, tok, max_length in calls:
+        g = groups.setdefault((id(tok), max_length), (tok, max_length, {}))
+        for c in convs:
+            g[2].setdefault(repr(c), c)
+    rows: dict = {}
+    for (tid, max_length), (tok, _, unique) in groups.items():
+        convs = list(unique.values())
+        for k in range(0, len(convs), CHUNK):
+            for key, where in chunk_rows(ctx, inner, convs[k:k + CHUNK], tok,
+                                         max_length).items():
+                rows[(tid, max_length, key)] = where
+    served = {}
+    for convs, tok, max_length in calls:
+        located = [rows.get((id(tok), max_length, repr(c))) for c in convs]
+        if not convs or any(x is None for x in located) or len(
+                {(id(b), r) for b, r in located}) != len(located):
+            continue
+        batch = {}
+        for key in located[0][0]:
+            batch[key] = torch.stack([b[key][r] for b, r in located]) if all(
+                b is located[0][0] for b, _ in located) else None
+        if any(v is None for v in batch.values()):
+            batch = _stack_rows(located, tok.pad_token_id)
+            if batch is None:
+                continue
+        key = (repr(convs), id(tok), _tokenizer_state(tok), max_length)
+        served[key] = (tok, batch)
+    return served
+
+
+def _stack_rows(located, pad_id):
+    """Rows from several chunk batches, padded on the right to one width (attention mask 0,
+    labels -100, the pad id) — only when every chunk has an attention mask."""
+    keys = set(located[0][0])
+    if any(set(b) != keys for b, _ in located) or "attention_mask" not in keys:
+        return None
+    width = max(b["input_ids"].shape[1] for b, _ in located)
+    fill = {"labels": -100, "attention_mask": 0}
+    out = {}
+    for key in keys:
+        rows = []
+        for b, r in located:
+            row = b[key][r]
+            if row.shape[0] < width:
+                if key == "input_ids":
+                    value = pad_id if pad_id is not None else 0
+                elif key == "position_ids":
+                    value = 0
+                else:
+                    value = fill.get(key, 0)
+                row = torch.cat([row, row.new_full((width - row.shape[0],), value)])
+            rows.append(row)
+        out[key] = torch.stack(rows)
+    return out
