@@ -115,16 +115,18 @@ def test_tools_never_reach_the_template_but_tool_results_are_masked():
     assert trained.startswith("<tool_call>\n{\"name\": \"get_weather\"")
 
 
-# S4, S13-S15: a batch whose conversations mix dict and JSON-string arguments (each holds one
-# type since a0e26f3, a batch of them does not) cannot be loaded by datasets/pyarrow.
-_REFUSED = "the target refused a batch that has tokens to train"
+# Re-run 2026-12-03 with one argument type per drawn batch (a3e3045): the batches load, no tool
+# result is trained (S13), end tokens (S4) and reasoning (S15) pass on Qwen2.5. S14: a call turn
+# whose content starts with "\n" loses its first token ("\n\n", merged with the header's newline;
+# ranges counted on separately tokenized pieces, findings.md finding 2) and its range runs onto
+# the tool result's <|im_start|>. S1: finding 1 (an extra trained pad), S3: finding 2.
 AGENTIC_PINNED = {"openrlhf-sft-multiturn-tools": {
     "S1": ("failed", "check", "S1: example 0 (batch row 0) is followed by an extra trained token"),
     "S3": ("failed", "check", "S3: a token outside the assistant's turns is trained"),
-    "S4": ("failed", "check", f"S4: {_REFUSED}"),
-    "S13": ("failed", "check", f"S13: {_REFUSED}"),
-    "S14": ("failed", "check", f"S14: {_REFUSED}"),
-    "S15": ("failed", "check", f"S15: {_REFUSED}"),
+    "S4": "passed",
+    "S13": "passed",
+    "S14": ("failed", "check", "S14: a token of a tool-call turn is not trained"),
+    "S15": "passed",
 }}
 
 

@@ -81,11 +81,13 @@ def test_pinned_verdicts(target):
 
 
 # -- tool conversations (issue 23): the agentic rows on Qwen2.5 ----------------------------------
-# Hand-confirmed in reports/verl/findings-agentic.md. verl renders every message alone; two
-# consecutive tool messages become two user turns (slime#2263's pattern), which its sanity_check
-# refuses by default and trains under ignore_input_ids_mismatch; pyarrow pads dict arguments and
-# tool schemas with the other rows' keys as null (the text differs: "missing from the batch",
-# S13-S15); a row without tools beside rows with tools gets tools=pd.NA and is refused (S3).
+# Hand-confirmed in reports/verl/findings-agentic.md (re-run 2026-12-03, one argument type per
+# drawn batch). verl renders every message alone; two consecutive tool messages become two user
+# turns (slime#2263's pattern), which its sanity_check refuses by default and trains under
+# ignore_input_ids_mismatch (S1, S4: PARALLEL); pyarrow pads dict arguments and tool schemas with
+# the other keys as null (the text differs: "missing from the batch", S13-S15, on batches of two
+# dict-argument conversations); a row without tools beside rows with tools gets tools=pd.NA and
+# is refused (S3).
 F = "failed"
 REFUSED = "the target refused a batch that has tokens to train"
 AGENTIC_PINNED = {
@@ -97,11 +99,11 @@ AGENTIC_PINNED = {
         "S3": (F, "check", f"S3: {REFUSED}"),
         "S4": (F, "check", "S4: example 1 (68 trainable tokens under turn_policy='all') is "
                            "missing from the batch"),
-        "S13": (F, "check", "S13: example 1 (55 trainable tokens under turn_policy='all') is "
+        "S13": (F, "check", "S13: example 1 (29 trainable tokens under turn_policy='all') is "
                             "missing from the batch"),
-        "S14": (F, "check", "S14: example 1 (55 trainable tokens under turn_policy='all') is "
+        "S14": (F, "check", "S14: example 1 (29 trainable tokens under turn_policy='all') is "
                             "missing from the batch"),
-        "S15": (F, "check", "S15: example 1 (56 trainable tokens under turn_policy='all') is "
+        "S15": (F, "check", "S15: example 1 (24 trainable tokens under turn_policy='all') is "
                             "missing from the batch"),
     },
 }
