@@ -11,10 +11,11 @@ run can learn them first:
    on the right). The calls are recorded: conversations, tokenizer, ``max_length``.
 2. **Collate in chunks.** The recorded conversations, each once, go to the target in chunks of
    :data:`CHUNK` per tokenizer and ``max_length``.
-3. **Serve.** When a check asks for a recorded batch, it gets the chunk's rows of its
-   conversations, provided each one is *clean*: the row holds exactly the expected ids of that
-   conversation (the untrained glue after the last end token may be left out) and nothing but
-   padding around them. Anything else (a packed row, a dropped or re-tokenized conversation, a
+3. **Serve.** When a check asks for a recorded batch of drawn conversations (pinned inputs and
+   the special strings always reach the target as the batches they are), it gets the chunk's
+   rows of its conversations, provided each one is *clean*: the row holds exactly the expected
+   ids of that conversation (the untrained glue after the last end token may be left out) and
+   nothing but padding around them. Anything else (a packed row, a dropped or re-tokenized conversation, a
    refused chunk, keys that are not per row) is asked of the target itself, as before.
 
 A check that does not pass on served batches is run again with nothing served, so every failure,
@@ -73,7 +74,8 @@ class _Expected:
     def collate(self, conversations, tokenizer, max_length):
         from .checks.labels import expected_labels
 
-        self.calls.append((copy.deepcopy(conversations), tokenizer, max_length))
+        if self.ctx.drawing:  # pinned and special inputs always reach the target as they are
+            self.calls.append((copy.deepcopy(conversations), tokenizer, max_length))
         exs, want = expected_labels(self.ctx, conversations, tokenizer)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         width = max((len(e.input_ids) for e in exs), default=1) or 1
@@ -181,8 +183,6 @@ def chunk_rows(ctx, inner, convs, tok, max_length) -> dict:
 def prepare(ctx, inner, calls) -> dict:
     """``{call key: batch}``: each recorded call whose conversations all have clean rows in
     the chunk calls, cut from them."""
-    from .runner import _tokenizer_state
-
     groups: dict = {}
     for convs, tok, max_length in calls:
         g = groups.setdefault((id(tok), max_length), (tok, max_length, {}))
@@ -209,9 +209,15 @@ def prepare(ctx, inner, calls) -> dict:
             batch = _stack_rows(located, tok.pad_token_id)
             if batch is None:
                 continue
-        key = (repr(convs), id(tok), _tokenizer_state(tok), max_length)
-        served[key] = (tok, batch)
+        served[_key(convs, tok, max_length)] = (tok, batch)
     return served
+
+
+def _key(convs, tok, max_length) -> tuple:
+    """The key of a ``collate`` call, as :class:`sft_conformance.runner.CollateOnce` makes it."""
+    from .runner import _tokenizer_state
+
+    return (repr(convs), id(tok), _tokenizer_state(tok), max_length)
 
 
 def _stack_rows(located, pad_id):

@@ -46,6 +46,7 @@ class Context:
     last_inputs: dict = field(default_factory=dict)
     check_id: str = ""  # the check running now (a refusal is its finding)
     memo: dict = field(default_factory=dict)  # what the checks computed once per run
+    drawing: bool = False  # a drawn (not pinned) input is being judged (batch judging)
     _tokenizers: dict = field(default_factory=dict)
     _model: object = None
 

@@ -332,6 +332,7 @@ class CollateOnce:
         object.__setattr__(self, "serving", False)
         object.__setattr__(self, "served_now", 0)
         object.__setattr__(self, "served_total", 0)
+        object.__setattr__(self, "gate", lambda: True)  # whether the input now may be served
 
     def __getattr__(self, key):
         return getattr(self._inner, key)
@@ -347,7 +348,7 @@ class CollateOnce:
             key = (repr(conversations), id(tokenizer), _tokenizer_state(tokenizer), max_length)
         except Exception:  # an unusual tokenizer: no memo for it
             key = None
-        if self.serving and key is not None:
+        if self.serving and key is not None and self.gate():
             cut = self.served.get(key)
             if cut is not None and cut[0] is tokenizer:
                 object.__setattr__(self, "served_now", self.served_now + 1)
@@ -446,6 +447,7 @@ def _prepare_batch_judging(ctx, memo, checks) -> None:
     try:
         calls = batch_judging.record(probe, label)
         object.__setattr__(memo, "served", batch_judging.prepare(probe, inner, calls))
+        object.__setattr__(memo, "gate", lambda: ctx.drawing)
     except Exception:  # never a verdict: without it every batch is asked of the target
         object.__setattr__(memo, "served", {})
     ctx.memo.pop("draws_agentic", None)

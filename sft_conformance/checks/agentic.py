@@ -11,6 +11,8 @@ standard fixture of the public bug reports. They apply to a target that declares
 
 from __future__ import annotations
 
+import copy
+
 from sft_conformance.reference.conversation import messages_of
 
 from ..alignment import IGNORE_INDEX
@@ -69,6 +71,18 @@ REASONING_FOLLOW_UP = {"messages": [
     {"role": "assistant", "content": "Yes, 18C.", "reasoning_content": "Recall the weather."},
     {"role": "user", "content": "And tomorrow?"},
     {"role": "assistant", "content": "Also warm.", "reasoning_content": "Assume the same."}],
+    "tools": [WEATHER_TOOL]}
+
+
+#: consecutive assistant messages after the last user query, the last with reasoning: a data
+#: path that renders the prompt without the last message (OpenRLHF's preprocess_data) gives the
+#: earlier one Qwen3's empty think block and slices the last turn's reasoning away
+#: (OpenRLHF#1080). S15 judges it as a batch of its own, so a target that refuses consecutive
+#: assistant messages does not hide the other fixtures from it
+CONSECUTIVE_REASONING = {"messages": [
+    {"role": "user", "content": "Is it warm in Paris?"},
+    {"role": "assistant", "content": "Let me think."},
+    {"role": "assistant", "content": "Yes, 18C.", "reasoning_content": "Recall the weather."}],
     "tools": [WEATHER_TOOL]}
 
 
@@ -189,8 +203,8 @@ def adapted_max_length(ctx, tok) -> int:
     return max(ctx.max_length, preamble_length(tok) + TURN_BUDGET)
 
 
-def _judge(ctx, relevant, *, what, spec, reasoning=True, check=None):
-    from .engine import agentic_inputs
+def _judge(ctx, relevant, *, what, spec, reasoning=True, check=None, extra=()):
+    from .engine import agentic_inputs, fits
 
     tok = ctx.tokenizer()
     applicable(ctx, tok)
@@ -200,6 +214,10 @@ def _judge(ctx, relevant, *, what, spec, reasoning=True, check=None):
                          "the drawn turns, at least the default 512 (pass --max-length to "
                          "choose)")
     fixtures = agentic_inputs(ctx, tok)  # the pinned fixtures the template renders
+    for conv in extra:  # a check's own pinned batches, where the template renders them
+        if fixtures and getattr(ctx.target, "multi_turn", True) and _renders(ctx, conv, tok) \
+                and fits(ctx, [conv], tok):
+            fixtures = fixtures + [[copy.deepcopy(conv)]]
     run_property(ctx, agentic_batches(ctx, reasoning=reasoning),
                  _agentic_property(ctx, relevant, what=what, spec=spec, check=check),
                  special=fixtures, budget=0.6)
@@ -258,7 +276,18 @@ def check_reasoning_follows_the_rule(ctx: Context) -> None:
         "(trained inside a trained turn where the rule keeps it)",
         spec=f"reasoning rule {rule!r}: " + RULES[rule],
         check=_all_turns_rendered if rule == "all_turns" else None,
+        extra=(CONSECUTIVE_REASONING,),
     )
+
+
+def _renders(ctx, conv, tok) -> bool:
+    from sft_conformance.reference import TemplateError, build_example
+
+    try:
+        build_example(conv, tok, policy=ctx.decl.turn_policy, reasoning=ctx.decl.reasoning)
+        return True
+    except TemplateError:
+        return False
 
 
 #: what each reasoning rule says, in the words of the specification

@@ -91,6 +91,20 @@ def run_property(ctx: Context, strategy, prop, *, pinned=(), budget: float = 1.0
     base = profiles.profile(ctx.profile)
     max_examples = max(JUDGED_FLOOR + 2, int(base.max_examples * budget))
 
+    pinned = list(pinned)
+    judge = prop
+
+    def prop(inputs):
+        # only drawn inputs may be served from chunk calls (sft_conformance.batch_judging):
+        # the pinned ones, like the special strings, reach the target as the batch they are
+        ctx.drawing = not any(inputs is p or inputs == p for p in pinned)
+        try:
+            judge(inputs)
+        finally:
+            ctx.drawing = False
+
+    # the source of ``test`` seeds the derandomized draws (Hypothesis hashes it): keep it as it
+    # is, or every stored verdict is drawn anew
     def test(inputs):
         # a draw is judged when the property ran to a verdict on it: a pass, or the first
         # failure (the shrinker's later attempts are not counted again)

@@ -1,0 +1,150 @@
+"""Batch judging (sft_conformance.batch_judging, issue 24): the label-level checks judge many
+conversations from a few chunk calls, and no verdict, judged count or counterexample changes.
+
+The stored matrices are the proof: ``reports/conformance*.json`` were made before batch judging
+existed, and a row re-run with it must give the same status and the same judged count for every
+check. The default run re-runs a sample of the bundled rows (the in-process libraries); the slow
+environment re-runs every row of every stored matrix whose libraries are installed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from sft_conformance import batch_judging
+from sft_conformance.runner import check_target, declared, load_target, make_context
+from sft_conformance.targets.reference import ReferenceTarget
+
+REPORTS = Path(__file__).resolve().parent.parent / "reports"
+
+
+def _stored(name: str) -> dict:
+    return {row["target"]: row for row in json.loads((REPORTS / name).read_text())["runs"]}
+
+
+def _compare(row, tokenizer=None):
+    from importlib.util import find_spec
+
+    if row["error"] or all(c["status"] == "skipped" for c in row["checks"]):
+        pytest.skip(f"{row['target']}: nothing judged in the stored report")
+    d = declared(load_target(row["spec"]))
+    if d.missing or any(find_spec(m) is None for m in ("trl",) if row["target"].startswith("trl")):
+        pytest.skip(f"{row['target']}: needs {d.missing}")
+    run = check_target(row["spec"], profile=row["profile"], tokenizer=tokenizer,
+                       batch_judging=True)
+    got = {r.id: (r.status, r.judged) for r in run.results}
+    want = {c["id"]: (c["status"], c["judged"]) for c in row["checks"]}
+    differ = {k: {"stored": want.get(k), "now": got.get(k)} for k in sorted(set(got) | set(want))
+              if got.get(k) != want.get(k)}
+    assert not differ, f"{row['target']}: verdicts differ from the stored report: {differ}"
+    return run
+
+
+#: in-process rows of reports/conformance.json, quick enough for the default run; between them
+#: they are served (collators), failing and re-run without serving (seq2seq), and passing
+SAMPLE = ["transformers-lm-collator", "transformers-seq2seq-collator",
+          "transformers-assistant-mask", "trl-sft-prompt-completion"]
+
+
+@pytest.mark.parametrize("target", SAMPLE)
+def test_stored_bundled_verdicts_are_reproduced(target):
+    run = _compare(_stored("conformance.json")[target])
+    assert run.collate_calls["served"] > 0  # the rows were judged from chunk calls
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("report", ["conformance.json", "conformance-qwen2.5.json",
+                                    "conformance-qwen3.json", "conformance-mistral.json"])
+def test_every_stored_verdict_is_reproduced_slow(report):
+    data = json.loads((REPORTS / report).read_text())
+    differ = []
+    for row in data["runs"]:
+        try:
+            _compare(row, tokenizer=data.get("tokenizer"))
+        except pytest.skip.Exception:
+            continue
+        except AssertionError as exc:
+            differ.append(str(exc))
+    assert not differ, "\n".join(differ)
+
+
+def test_served_rows_are_the_targets_own(tok):
+    """A served batch holds, row for row, what the target returns for those conversations
+    called alone (padding aside)."""
+    target = load_target("transformers-assistant-mask")
+    ctx = make_context(target)
+    from sft_conformance.checks import CHECKS
+
+    checks = [c for c in CHECKS if c.id in ("S2", "S3")]
+    calls = batch_judging.record(ctx, checks)
+    assert calls and all(isinstance(c[0], list) for c in calls)
+    served = batch_judging.prepare(ctx, target, calls)
+    assert served
+    checked = 0
+    for convs, tokenizer, max_length in calls:
+        cut = served.get(batch_judging._key(convs, tokenizer, max_length))
+        if cut is None or checked >= 8:
+            continue
+        checked += 1
+        batch, own = cut[1], target.collate(convs, tokenizer, max_length)
+        for r in range(len(convs)):
+            on = batch["attention_mask"][r].bool()
+            own_on = own["attention_mask"][r].bool()
+            assert batch["input_ids"][r][on].tolist() == own["input_ids"][r][own_on].tolist()
+            assert batch["labels"][r][on].tolist() == own["labels"][r][own_on].tolist()
+    assert checked
+
+
+class FirstRowBug(ReferenceTarget):
+    """Masks the first trained label of row 0 of every batch: in a chunk call only one
+    conversation sits in row 0, so the served batches hide the bug from every other draw."""
+
+    name = "first-row-bug"
+
+    def collate(self, conversations, tokenizer, max_length):
+        batch = super().collate(conversations, tokenizer, max_length)
+        labels = batch["labels"]
+        trained = torch.nonzero(labels[0] != -100)
+        if len(trained):
+            labels[0, int(trained[0])] = -100
+        return batch
+
+
+class SingleBatchBug(ReferenceTarget):
+    """Trains the whole row when the batch holds one conversation: never in a chunk call."""
+
+    name = "single-batch-bug"
+
+    def collate(self, conversations, tokenizer, max_length):
+        batch = super().collate(conversations, tokenizer, max_length)
+        if len(conversations) == 1:
+            batch["labels"] = batch["input_ids"].clone()
+        return batch
+
+
+@pytest.mark.parametrize("cls,check", [(FirstRowBug, "S2"), (SingleBatchBug, "S3")])
+def test_a_failure_is_found_and_shown_as_without_batch_judging(cls, check):
+    """The verdict, judged count and counterexample are those of the run without batch
+    judging: a check that does not pass on served batches runs again with nothing served."""
+    on = check_target(cls(), only=[check], profile="ci", batch_judging=True)
+    off = check_target(cls(), only=[check], profile="ci", batch_judging=False)
+    (a,), (b,) = on.results, off.results
+    assert a.status == b.status == "failed"
+    assert (a.judged, a.message, a.counterexample) == (b.judged, b.message, b.counterexample)
+
+
+def test_off_switches(monkeypatch):
+    monkeypatch.setenv(batch_judging.ENV, "0")
+    assert not batch_judging.enabled_by_default()
+    run = check_target("transformers-lm-collator", only=["S3"], profile="ci")
+    assert run.collate_calls["served"] == 0
+    monkeypatch.delenv(batch_judging.ENV)
+    # a profile that is not derandomized draws anew each run: nothing to record
+    run = check_target("transformers-lm-collator", only=["S3"], profile="dev")
+    assert run.collate_calls["served"] == 0
+    # a mutant opts out (its collate is ours, and it fails by design)
+    run = check_target("mutant-off-by-one-late", only=["S2"], profile="ci")
+    assert run.collate_calls["served"] == 0
