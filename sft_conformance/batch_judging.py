@@ -15,12 +15,14 @@ run can learn them first:
    the special strings always reach the target as the batches they are), it gets the chunk's
    rows of its conversations, provided each one is *clean*: the row holds exactly the expected
    ids of that conversation (the untrained glue after the last end token may be left out) and
-   nothing but padding around them. Anything else (a packed row, a dropped or re-tokenized conversation, a
-   refused chunk, keys that are not per row) is asked of the target itself, as before.
+   nothing but padding around them. Anything else (a packed row, a dropped or re-tokenized
+   conversation, a refused chunk, keys that are not per row) is asked of the target itself.
 
-A check that does not pass on served batches is run again with nothing served, so every failure,
-counterexample and shrink comes from the target's own calls on the check's own batches. The
-stored verdicts are reproduced exactly (tests/test_batch_judging.py).
+The first pass of a check does not shrink. A check that does not pass on it runs again: the same
+draws, served up to the batch on which the first pass failed and asked of the target from there
+on, shrinking included (sft_conformance.runner._run_served), so every failure, counterexample
+and shrink comes from the target's own calls on the check's own batches. The stored verdicts
+are reproduced exactly (tests/test_batch_judging.py).
 """
 
 from __future__ import annotations

@@ -333,6 +333,8 @@ class CollateOnce:
         object.__setattr__(self, "served_now", 0)
         object.__setattr__(self, "served_total", 0)
         object.__setattr__(self, "gate", lambda: True)  # whether the input now may be served
+        object.__setattr__(self, "serve_limit", None)  # at most this many served in a check
+        object.__setattr__(self, "last_served", False)  # the latest call was served
 
     def __getattr__(self, key):
         return getattr(self._inner, key)
@@ -348,11 +350,14 @@ class CollateOnce:
             key = (repr(conversations), id(tokenizer), _tokenizer_state(tokenizer), max_length)
         except Exception:  # an unusual tokenizer: no memo for it
             key = None
-        if self.serving and key is not None and self.gate():
+        object.__setattr__(self, "last_served", False)
+        if self.serving and key is not None and self.gate() and (
+                self.serve_limit is None or self.served_now < self.serve_limit):
             cut = self.served.get(key)
             if cut is not None and cut[0] is tokenizer:
                 object.__setattr__(self, "served_now", self.served_now + 1)
                 object.__setattr__(self, "served_total", self.served_total + 1)
+                object.__setattr__(self, "last_served", True)
                 return copy.deepcopy(cut[1])
         hit = self._memo.get(key) if key is not None else None
         if hit is not None and hit[0] is tokenizer:
@@ -447,29 +452,44 @@ def _prepare_batch_judging(ctx, memo, checks) -> None:
     try:
         calls = batch_judging.record(probe, label)
         object.__setattr__(memo, "served", batch_judging.prepare(probe, inner, calls))
-        object.__setattr__(memo, "gate", lambda: ctx.drawing)
+        object.__setattr__(memo, "gate", lambda: ctx.drawing and not ctx.failed)
     except Exception:  # never a verdict: without it every batch is asked of the target
         object.__setattr__(memo, "served", {})
     ctx.memo.pop("draws_agentic", None)
 
 
 def _run_served(ctx, check, memo) -> CheckResult:
-    """:func:`run_check` with the label-level batches served from chunk calls; a check that
-    does not pass on them runs again with nothing served, so its verdict, counterexample and
-    shrinking come from the target's own calls."""
+    """:func:`run_check` with the label-level batches served from chunk calls.
+
+    The first pass serves every recorded drawn batch and does not shrink. A check that passes
+    is done. One that does not runs again: the same draws, served up to the batch on which the
+    first pass failed and asked of the target from there on, shrinking included, so its
+    verdict, counterexample and judged count are those of a run without batch judging."""
     from .batch_judging import LABEL_LEVEL
 
     if memo is None or not memo.served or check.id not in LABEL_LEVEL:
         return run_check(ctx, check)
+    shrink = ctx.shrink
     object.__setattr__(memo, "serving", True)
     object.__setattr__(memo, "served_now", 0)
+    object.__setattr__(memo, "serve_limit", None)
+    ctx.shrink = False
     try:
         res = run_check(ctx, check)
+        passed = res.status in ("passed", "skipped") and not (
+            res.status == "passed" and res.message.startswith("declared known failure"))
+        if passed or memo.served_now == 0:
+            if not passed and shrink:  # failed on the target's own batches: shrink it
+                object.__setattr__(memo, "serving", False)
+                ctx.shrink = True
+                res = run_check(ctx, check)
+            return res
+        limit = memo.served_now - (1 if memo.last_served else 0)
+        object.__setattr__(memo, "served_now", 0)
+        object.__setattr__(memo, "serve_limit", limit)
+        ctx.shrink = shrink
+        return run_check(ctx, check)
     finally:
+        ctx.shrink = shrink
         object.__setattr__(memo, "serving", False)
-    if res.status in ("passed", "skipped") and not (
-            res.status == "passed" and res.message.startswith("declared known failure")):
-        return res
-    if memo.served_now == 0:
-        return res
-    return run_check(ctx, check)
+        object.__setattr__(memo, "serve_limit", None)
