@@ -55,9 +55,16 @@ def test_stored_bundled_verdicts_are_reproduced(target):
     assert run.collate_calls["served"] > 0  # the rows were judged from chunk calls
 
 
+#: the stored matrices made with the current checks. conformance-{qwen2.5,qwen3,mistral}.json
+#: date from sft-conformance 0.1.0 (2026-11-22), before the special strings, the refusal rules
+#: and the agentic checks: their verdicts differ from today's with batch judging on or off
+#: (re-run 2026-12-03: transformers-lm-collator S2 fails on the pad string, error -> failed where
+#: refusals are now judged), so they join this list when they are re-run (issue 24)
+CURRENT = ["conformance.json"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("report", ["conformance.json", "conformance-qwen2.5.json",
-                                    "conformance-qwen3.json", "conformance-mistral.json"])
+@pytest.mark.parametrize("report", CURRENT)
 def test_every_stored_verdict_is_reproduced_slow(report):
     data = json.loads((REPORTS / report).read_text())
     differ = []
