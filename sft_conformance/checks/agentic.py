@@ -218,6 +218,9 @@ def _judge(ctx, relevant, *, what, spec, reasoning=True, check=None, extra=()):
         if fixtures and getattr(ctx.target, "multi_turn", True) and _renders(ctx, conv, tok) \
                 and fits(ctx, [conv], tok):
             fixtures = fixtures + [[copy.deepcopy(conv)]]
+            ctx.notes.append("judged 1 more pinned tool conversation as a batch of its own "
+                             "(consecutive assistant messages after the last user query, the "
+                             "last with reasoning: OpenRLHF#1080)")
     run_property(ctx, agentic_batches(ctx, reasoning=reasoning),
                  _agentic_property(ctx, relevant, what=what, spec=spec, check=check),
                  special=fixtures, budget=0.6)

@@ -234,11 +234,31 @@ def special_inputs(ctx: Context, tok, *, multi_turn: bool = False, kinds=None,
     return batches + extra
 
 
+def built(ctx, conv, tok):
+    """``build_example(conv, tok)`` under the target's turn policy and reasoning rule, once per
+    run (the checks ask for the same conversation's length again and again); raises as it
+    does."""
+    import json
+
+    key = (id(tok), tok.name_or_path, ctx.decl.turn_policy, ctx.decl.reasoning,
+           json.dumps(conv, sort_keys=True, default=str))
+    memo = ctx.memo.setdefault("built", {})
+    if key not in memo:
+        if len(memo) > 8192:
+            memo.clear()
+        try:
+            memo[key] = (True, build_example(conv, tok, policy=ctx.decl.turn_policy,
+                                             reasoning=ctx.decl.reasoning))
+        except Exception as exc:
+            memo[key] = (False, exc)
+    ok, value = memo[key]
+    if not ok:
+        raise value
+    return value
+
+
 def fits(ctx, convs, tok) -> bool:
-    return all(
-        len(build_example(c, tok, policy=ctx.decl.turn_policy, reasoning=ctx.decl.reasoning))
-        <= ctx.max_length for c in convs
-    )
+    return all(len(built(ctx, c, tok)) <= ctx.max_length for c in convs)
 
 
 def require_renders(ctx, convs, tok) -> None:
@@ -251,7 +271,7 @@ def require_renders(ctx, convs, tok) -> None:
         return
     for c in convs:
         try:
-            build_example(c, tok, policy=ctx.decl.turn_policy, reasoning=ctx.decl.reasoning)
+            built(ctx, c, tok)
         except TemplateError as exc:
             require(ctx, False, f"the chat template refuses a drawn tool conversation "
                                 f"({str(exc).split(': ')[-1][:80]})")
@@ -261,8 +281,7 @@ def require_fits(ctx, convs, tok) -> None:
     """Judge only conversations that fit ``max_length``; count the others with the reason."""
     require_renders(ctx, convs, tok)
     if not fits(ctx, convs, tok):
-        longest = max(len(build_example(c, tok, policy=ctx.decl.turn_policy,
-                                        reasoning=ctx.decl.reasoning)) for c in convs)
+        longest = max(len(built(ctx, c, tok)) for c in convs)
         require(
             ctx,
             False,

@@ -14,6 +14,9 @@ class ReferenceTarget:
     overlong = "truncate_response"
     tools = True  # tool conversations: the reference locates their turns by rendering
     reasoning = "template"  # reasoning where the chat template renders it
+    #: its collate costs what the checks' own expectations cost: serving its label-level
+    #: batches from chunk calls (sft_conformance.batch_judging) would only add the recording
+    batch_judging = False
 
     def collate(self, conversations, tokenizer, max_length):
         return Collator(labels_shifted=self.labels_shifted, policy=self.turn_policy,
