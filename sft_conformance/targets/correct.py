@@ -288,6 +288,9 @@ class Plain:
     labels_shifted = False
     turn_policy = "all"
     overlong = "truncate_response"
+    #: our own in-process collate: serving its label-level batches from chunk calls
+    #: (sft_conformance.batch_judging) would only add the recording pass
+    batch_judging = False
 
     def examples(self, conversations, tokenizer, max_length):
         return _fit_all(conversations, tokenizer, max_length, policy=self.overlong,
