@@ -203,11 +203,10 @@ def prepare(ctx, inner, calls) -> dict:
         if not convs or any(x is None for x in located) or len(
                 {(id(b), r) for b, r in located}) != len(located):
             continue
-        batch = {}
-        for key in located[0][0]:
-            batch[key] = torch.stack([b[key][r] for b, r in located]) if all(
-                b is located[0][0] for b, _ in located) else None
-        if any(v is None for v in batch.values()):
+        first = located[0][0]
+        if all(b is first for b, _ in located):  # one chunk: its rows, as they are
+            batch = {key: torch.stack([b[key][r] for b, r in located]) for key in first}
+        else:
             batch = _stack_rows(located, tok.pad_token_id)
             if batch is None:
                 continue
@@ -217,9 +216,9 @@ def prepare(ctx, inner, calls) -> dict:
 
 def _key(convs, tok, max_length) -> tuple:
     """The key of a ``collate`` call, as :class:`sft_conformance.runner.CollateOnce` makes it."""
-    from .runner import _tokenizer_state
+    from .runner import call_key
 
-    return (repr(convs), id(tok), _tokenizer_state(tok), max_length)
+    return call_key(convs, tok, max_length)
 
 
 def _stack_rows(located, pad_id):

@@ -313,6 +313,12 @@ def _tokenizer_state(tok) -> tuple:
         hash(template) if isinstance(template, str) else repr(template))
 
 
+def call_key(conversations, tokenizer, max_length) -> tuple:
+    """What makes two ``collate`` calls identical: the conversations, the tokenizer object in
+    the same state and ``max_length`` (the collate memo's and batch judging's key)."""
+    return (repr(conversations), id(tokenizer), _tokenizer_state(tokenizer), max_length)
+
+
 class CollateOnce:
     """A target whose identical ``collate`` calls are made once per run of the checks: the
     same conversations, the same tokenizer object (in the same state) and the same
@@ -347,7 +353,7 @@ class CollateOnce:
 
         object.__setattr__(self, "calls", self.calls + 1)
         try:
-            key = (repr(conversations), id(tokenizer), _tokenizer_state(tokenizer), max_length)
+            key = call_key(conversations, tokenizer, max_length)
         except Exception:  # an unusual tokenizer: no memo for it
             key = None
         object.__setattr__(self, "last_served", False)
