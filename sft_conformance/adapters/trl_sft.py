@@ -67,14 +67,6 @@ _NOT_MODEL_INPUTS = ("labels", "seq_lengths")
 CHECK_IDS = tuple(f"S{i}" for i in range(1, 13))
 
 
-def _quiet_datasets():
-    import datasets
-
-    was = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    return was
-
-
 class _TRLTarget:
     labels_shifted = False
     turn_policy = "all"
@@ -138,22 +130,18 @@ class _TRLTarget:
                           processing_class=tok)
 
     def collate(self, conversations, tokenizer, max_length):
-        import datasets
+        from ._datasets import in_memory_datasets
 
-        was = _quiet_datasets()
-        try:
-            with tempfile.TemporaryDirectory(prefix="sft-conformance-trl-") as out:
-                trainer = self.trainer(conversations, tokenizer, max_length, out)
-                batch = next(iter(trainer.get_train_dataloader()), None)
-            if batch is None:
-                # a refusal in the adapter's own words: S9 accepts any exception on a batch
-                # with nothing left to train
-                raise ValueError(
-                    f"SFTTrainer's dataset preparation kept none of the {len(conversations)} "
-                    f"conversation(s) at max_length={max_length}: no batch to train on")
-        finally:
-            if was:
-                datasets.enable_progress_bars()
+        with in_memory_datasets(), \
+                tempfile.TemporaryDirectory(prefix="sft-conformance-trl-") as out:
+            trainer = self.trainer(conversations, tokenizer, max_length, out)
+            batch = next(iter(trainer.get_train_dataloader()), None)
+        if batch is None:
+            # a refusal in the adapter's own words: S9 accepts any exception on a batch
+            # with nothing left to train
+            raise ValueError(
+                f"SFTTrainer's dataset preparation kept none of the {len(conversations)} "
+                f"conversation(s) at max_length={max_length}: no batch to train on")
         return {k: v for k, v in batch.items()}
 
     def forward(self, model, batch):

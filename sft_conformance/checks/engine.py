@@ -100,6 +100,13 @@ def run_property(ctx: Context, strategy, prop, *, pinned=(), budget: float = 1.0
         ctx.drawing = not any(inputs is p or inputs == p for p in pinned)
         try:
             judge(inputs)
+        except TargetRaised:
+            # a refusal ends the search like a failure: the refused draw is judged once, and
+            # the shrinker's later attempts are not counted (as ``test`` does for a failure)
+            if not ctx.failed:
+                ctx.judged += 1
+                ctx.failed = True
+            raise
         finally:
             ctx.drawing = False
 

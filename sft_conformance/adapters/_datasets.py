@@ -1,0 +1,57 @@
+"""``datasets`` inside an adapter's ``collate``: no progress bars, and no fingerprint hashing for
+datasets that live in memory.
+
+An adapter hands its library a ``datasets.Dataset.from_list(...)``: an in-memory table, for which
+``map`` and ``filter`` write no cache file. ``datasets`` still computes a fingerprint for every
+transform, by hashing the transform with dill, closure included; a library's map function closes
+over the tokenizer, so every ``collate`` call hashes the tokenizer's whole vocabulary (on the
+bundled 4,096-token vocabulary, 16 s of the 50 s a failing TRL row took; on a 151k vocabulary
+most of each call). On an in-memory dataset that fingerprint names nothing.
+
+Inside :func:`in_memory_datasets`, caching is disabled and ``update_fingerprint`` returns a
+random fingerprint: what ``datasets`` itself does when a transform cannot be hashed ("this
+doesn't affect caching since it's disabled"). The rows the library builds are the same; only the
+fingerprint attribute of each mapped dataset differs, and no library the suite drives reads it.
+Where a ``datasets`` version has no such function, nothing is patched (the calls are only slower).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+
+@contextlib.contextmanager
+def in_memory_datasets():
+    """Progress bars off, caching off and random transform fingerprints, restored on exit."""
+    import datasets
+
+    try:
+        from datasets import arrow_dataset, fingerprint
+    except ImportError:  # pragma: no cover - every supported datasets has both modules
+        arrow_dataset = fingerprint = None
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    original = getattr(fingerprint, "update_fingerprint", None)
+    random_fp = getattr(fingerprint, "generate_random_fingerprint", None)
+    patched = []
+    caching = None
+    if original is not None and random_fp is not None:
+        caching = datasets.is_caching_enabled()
+        datasets.disable_caching()
+
+        def update_fingerprint(fingerprint_, transform, transform_args):
+            return random_fp()
+
+        for module in (fingerprint, arrow_dataset):
+            if getattr(module, "update_fingerprint", None) is original:
+                module.update_fingerprint = update_fingerprint
+                patched.append(module)
+    try:
+        yield
+    finally:
+        for module in patched:
+            module.update_fingerprint = original
+        if caching:
+            datasets.enable_caching()
+        if bars:
+            datasets.enable_progress_bars()
