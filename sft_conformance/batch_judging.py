@@ -47,18 +47,32 @@ def enabled_by_default() -> bool:
     return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
+#: a target whose probe ``collate`` call (the preflight's two plain conversations) took less
+#: than this many seconds is not served: the recording pass costs about as much per drawn batch
+#: (the expected batch of every draw) as such a call, so serving would only add it (measured on
+#: 2 cores: the transformers collators answer in 1-5 ms, a TRL row in 20-100 ms)
+CHEAP_CALL = 0.015
+
+
 def applies(ctx) -> bool:
     """Whether batch judging can help this run: a derandomized profile (the draws are a fixed
-    sequence) and a target whose ``collate`` costs more than our own reference's (ours declare
-    ``batch_judging = False``)."""
+    sequence) and a target whose ``collate`` costs more than the recording pass saves.
+
+    A target declares ``batch_judging = False`` to opt out (our reference and its mutants: their
+    collate is the expectation itself) or ``True`` to be served whatever its calls cost;
+    undeclared, its probe call's time decides (:data:`CHEAP_CALL`). Verdicts, judged counts
+    and counterexamples are the same either way (tests/test_batch_judging.py)."""
     from . import profiles
 
-    if getattr(ctx.target, "batch_judging", True) is False:
+    declared = getattr(ctx.target, "batch_judging", None)
+    if declared is False:
         return False
     try:
-        return bool(profiles.profile(ctx.profile).derandomize)
+        if not profiles.profile(ctx.profile).derandomize:
+            return False
     except Exception:
         return False
+    return declared is True or ctx.memo.get("probe_seconds", float("inf")) >= CHEAP_CALL
 
 
 class _Expected:
@@ -211,7 +225,67 @@ def prepare(ctx, inner, calls) -> dict:
             if batch is None:
                 continue
         served[_key(convs, tok, max_length)] = (tok, batch)
+    if served and not _verified(inner, calls, served, ctx.decl.name):
+        return {}
     return served
+
+
+#: how many served batches are asked of the target too, and compared, before any is served
+VERIFY = 3
+
+
+def _verified(inner, calls, served, name) -> bool:
+    """Whether the target, asked itself for a few of the served batches (the first of one
+    conversation, the first of several and the largest), returns the same rows: a target whose
+    rows depend on the batch they sit in (a bug of row 0 only, or of a batch of one, or rows
+    reordered) is never served, since a chunk call would hide that."""
+    from .context import validate_batch
+
+    picks = []
+    for want in (lambda c: len(c) == 1, lambda c: len(c) > 1):
+        for convs, tok, max_length in calls:
+            if want(convs) and _key(convs, tok, max_length) in served:
+                picks.append((convs, tok, max_length))
+                break
+    ranked = sorted((c for c in calls if _key(*c) in served), key=lambda c: -len(c[0]))
+    picks += ranked[:1]
+    seen = set()
+    for convs, tok, max_length in picks[:VERIFY]:
+        key = _key(convs, tok, max_length)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            own = validate_batch(inner.collate(copy.deepcopy(convs), tok, max_length), name)
+        except Exception:
+            return False
+        if not _same_rows(own, served[key][1], len(convs), tok.pad_token_id):
+            return False
+    return True
+
+
+def _row_span(batch, r, pad_id):
+    """``{key: values}`` of row ``r`` over its content (padding left out), or None."""
+    content = _row_content(batch, r, pad_id)
+    if content is None:
+        return None
+    ids = batch["input_ids"][r].tolist()
+    n = len(content[0])
+    start = next(t for t in range(len(ids) - n + 1) if ids[t:t + n] == content[0]) \
+        if n else 0
+    return {k: batch[k][r][start:start + n].tolist() for k in _ROW_KEYS if k in batch}
+
+
+def _same_rows(a, b, n, pad_id) -> bool:
+    if a["input_ids"].shape[0] != n or b["input_ids"].shape[0] != n:
+        return False
+    for r in range(n):
+        sa, sb = _row_span(a, r, pad_id), _row_span(b, r, pad_id)
+        if sa is None or sb is None or any(sa[k] != sb[k] for k in ("input_ids", "labels")):
+            return False
+        if "position_ids" in sa and sa.get("position_ids") != sb.get("position_ids"):
+            return False
+    return True
 
 
 def _key(convs, tok, max_length) -> tuple:

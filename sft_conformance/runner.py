@@ -148,7 +148,10 @@ def preflight(ctx: Context) -> None:
     validation.tokenizer_ready(tok, ctx.tokenizer_name)
     if ctx.decl.pad_equals_eos:
         tok = ctx.tokenizer(pad_equals_eos=True)
+    start = time.perf_counter()
     validation.target_ready(ctx.target, ctx.decl, tok, max_length=ctx.max_length)
+    # what one small call costs decides whether batch judging pays (batch_judging.applies)
+    ctx.memo["probe_seconds"] = time.perf_counter() - start
     for name, factory in ctx.decl.options.items():
         try:
             declared(factory())

@@ -25,15 +25,21 @@ def _stored(name: str) -> dict:
     return {row["target"]: row for row in json.loads((REPORTS / name).read_text())["runs"]}
 
 
-def _compare(row, tokenizer=None):
+def _compare(row, tokenizer=None, served: bool | None = None):
+    """Re-run a stored row with batch judging on; ``served=True`` serves the row's label-level
+    batches even where the target's calls are cheap enough not to be (``batch_judging = True``
+    declared on the instance)."""
     from importlib.util import find_spec
 
     if row["error"] or all(c["status"] == "skipped" for c in row["checks"]):
         pytest.skip(f"{row['target']}: nothing judged in the stored report")
-    d = declared(load_target(row["spec"]))
+    target = load_target(row["spec"])
+    d = declared(target)
     if d.missing or any(find_spec(m) is None for m in ("trl",) if row["target"].startswith("trl")):
         pytest.skip(f"{row['target']}: needs {d.missing}")
-    run = check_target(row["spec"], profile=row["profile"], tokenizer=tokenizer,
+    if served:
+        target.batch_judging = True
+    run = check_target(target, spec=row["spec"], profile=row["profile"], tokenizer=tokenizer,
                        batch_judging=True)
     got = {r.id: (r.status, r.judged) for r in run.results}
     want = {c["id"]: (c["status"], c["judged"]) for c in row["checks"]}
@@ -44,15 +50,25 @@ def _compare(row, tokenizer=None):
 
 
 #: in-process rows of reports/conformance.json, quick enough for the default run; between them
-#: they are served (collators), failing and re-run without serving (seq2seq), and passing
+#: they are served (collators, served although their calls are cheap), failing and re-run
+#: without serving (seq2seq), and passing
 SAMPLE = ["transformers-lm-collator", "transformers-seq2seq-collator",
           "transformers-assistant-mask", "trl-sft-prompt-completion"]
 
 
 @pytest.mark.parametrize("target", SAMPLE)
 def test_stored_bundled_verdicts_are_reproduced(target):
-    run = _compare(_stored("conformance.json")[target])
+    run = _compare(_stored("conformance.json")[target], served=True)
     assert run.collate_calls["served"] > 0  # the rows were judged from chunk calls
+
+
+def test_cheap_targets_are_not_served_and_costly_ones_are():
+    """Undeclared, the probe call's time decides: the transformers collators answer in about a
+    millisecond (recording the draws would cost more than it saves), TRL's trainer in tens."""
+    cheap = check_target("transformers-lm-collator", only=["S4"], profile="ci")
+    assert cheap.collate_calls["served"] == 0
+    costly = check_target("trl-sft-prompt-completion", only=["S4"], profile="ci")
+    assert costly.collate_calls["served"] > 0
 
 
 #: the stored matrices made with the current checks. conformance-{qwen2.5,qwen3,mistral}.json
@@ -110,6 +126,7 @@ class FirstRowBug(ReferenceTarget):
     conversation sits in row 0, so the served batches hide the bug from every other draw."""
 
     name = "first-row-bug"
+    batch_judging = True  # served although its calls are cheap (the reference's opt out)
 
     def collate(self, conversations, tokenizer, max_length):
         batch = super().collate(conversations, tokenizer, max_length)
@@ -124,6 +141,7 @@ class SingleBatchBug(ReferenceTarget):
     """Trains the whole row when the batch holds one conversation: never in a chunk call."""
 
     name = "single-batch-bug"
+    batch_judging = True
 
     def collate(self, conversations, tokenizer, max_length):
         batch = super().collate(conversations, tokenizer, max_length)
@@ -132,12 +150,38 @@ class SingleBatchBug(ReferenceTarget):
         return batch
 
 
-@pytest.mark.parametrize("cls,check", [(FirstRowBug, "S2"), (SingleBatchBug, "S3")])
-def test_a_failure_is_found_and_shown_as_without_batch_judging(cls, check):
+class LongAnswerBug(ReferenceTarget):
+    """Masks the first trained label of every row whose last assistant answer is 12 characters
+    or longer, drawn text only (no special strings, no pinned "the answer"): the same in a chunk
+    call as alone and missed by the pinned inputs, so the first pass fails on a served batch and
+    the check runs again."""
+
+    name = "long-answer-bug"
+    batch_judging = True
+
+    def collate(self, conversations, tokenizer, max_length):
+        batch = super().collate(conversations, tokenizer, max_length)
+        labels = batch["labels"]
+        for r, conv in enumerate(conversations):
+            answers = [m.get("content") or "" for m in conv if m["role"] == "assistant"]
+            trained = torch.nonzero(labels[r] != -100)
+            drawn = answers and "<" not in answers[-1] and "answer" not in answers[-1]
+            if drawn and len(answers[-1]) >= 12 and len(trained):
+                labels[r, int(trained[0])] = -100
+        return batch
+
+
+@pytest.mark.parametrize("cls,check,served", [(FirstRowBug, "S2", False),
+                                              (SingleBatchBug, "S3", False),
+                                              (LongAnswerBug, "S2", True)])
+def test_a_failure_is_found_and_shown_as_without_batch_judging(cls, check, served):
     """The verdict, judged count and counterexample are those of the run without batch
-    judging: a check that does not pass on served batches runs again with nothing served."""
+    judging: a check that does not pass on served batches runs again with nothing served, and a
+    target whose rows depend on the batch they sit in (row 0, a batch of one) is never served
+    (the target asked for a few served batches itself returns other rows)."""
     on = check_target(cls(), only=[check], profile="ci", batch_judging=True)
     off = check_target(cls(), only=[check], profile="ci", batch_judging=False)
+    assert (on.collate_calls["served"] > 0) is served and off.collate_calls["served"] == 0
     (a,), (b,) = on.results, off.results
     assert a.status == b.status == "failed"
     assert (a.judged, a.message, a.counterexample) == (b.judged, b.message, b.counterexample)
@@ -146,11 +190,14 @@ def test_a_failure_is_found_and_shown_as_without_batch_judging(cls, check):
 def test_off_switches(monkeypatch):
     monkeypatch.setenv(batch_judging.ENV, "0")
     assert not batch_judging.enabled_by_default()
-    run = check_target("transformers-lm-collator", only=["S3"], profile="ci")
+    served = load_target("transformers-lm-collator")
+    served.batch_judging = True
+    run = check_target(served, only=["S4"], profile="ci")
     assert run.collate_calls["served"] == 0
     monkeypatch.delenv(batch_judging.ENV)
+    assert check_target(served, only=["S4"], profile="ci").collate_calls["served"] > 0
     # a profile that is not derandomized draws anew each run: nothing to record
-    run = check_target("transformers-lm-collator", only=["S3"], profile="dev")
+    run = check_target(served, only=["S4"], profile="dev")
     assert run.collate_calls["served"] == 0
     # a mutant opts out (its collate is ours, and it fails by design)
     run = check_target("mutant-off-by-one-late", only=["S2"], profile="ci")
