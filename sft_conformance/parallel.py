@@ -82,6 +82,21 @@ def jobs_argument(value: str) -> int:
     return n or (os.cpu_count() or 1)
 
 
+#: without ``-j``, a long command runs its rows in one worker process per CPU core, at most
+#: this many (each worker imports torch and transformers and holds its own models)...
+AUTO_MAX_JOBS = 4
+#: ...and only when it has at least this many rows (a worker's start costs seconds of imports)
+AUTO_MIN_ROWS = 8
+
+
+def auto_jobs(rows: int) -> int:
+    """The number of worker processes for ``rows`` rows when ``-j`` is not given: one per core
+    (at most :data:`AUTO_MAX_JOBS`) for a long command, 1 (this process) for a short one."""
+    if rows < AUTO_MIN_ROWS:
+        return 1
+    return max(1, min(os.cpu_count() or 1, AUTO_MAX_JOBS, rows // AUTO_MIN_ROWS))
+
+
 def show_progress(quiet: bool = False) -> bool:
     """A progress bar only on a terminal: never when stderr is redirected, under ``--json -``
     style output (``quiet``) or with ``SFT_CONFORMANCE_NO_PROGRESS`` set."""

@@ -3,6 +3,8 @@ Hypothesis profiles, passed explicitly."""
 
 from __future__ import annotations
 
+import collections
+
 import hypothesis.strategies as st
 from hypothesis import HealthCheck, Phase, Verbosity, assume, example, given, settings
 from hypothesis.errors import Unsatisfiable
@@ -241,27 +243,50 @@ def special_inputs(ctx: Context, tok, *, multi_turn: bool = False, kinds=None,
     return batches + extra
 
 
-def built(ctx, conv, tok):
-    """``build_example(conv, tok)`` under the target's turn policy and reasoning rule, once per
-    run (the checks ask for the same conversation's length again and again); raises as it
-    does."""
+#: ``build_example`` results of this process (:func:`built`), oldest first
+_BUILT: collections.OrderedDict = collections.OrderedDict()
+_BUILT_MAX = 32768
+
+
+def _tokenizer_identity(tok) -> tuple:
+    """What ``build_example`` reads of a tokenizer, as a key that two loads of the same
+    tokenizer share (every run loads its own tokenizer objects)."""
+    template = getattr(tok, "chat_template", None)
+    return (type(tok).__name__, tok.name_or_path, len(tok), tok.pad_token_id, tok.eos_token_id,
+            tok.bos_token_id, hash(template) if isinstance(template, str) else repr(template))
+
+
+def build_once(conv, tok, *, policy: str = "all", index: int = 0, tokenization: str = "whole",
+               reasoning: str | None = None):
+    """``build_example`` once per process: the checks ask for the same conversation again and
+    again, and every row of ``report`` or ``mutants`` draws the same derandomized
+    conversations; raises as it does. Keyed by the tokenizer's name, size, special ids and
+    template, not by the object (each run loads its own tokenizer objects)."""
     import json
 
-    key = (id(tok), tok.name_or_path, ctx.decl.turn_policy, ctx.decl.reasoning,
+    key = (_tokenizer_identity(tok), policy, index, tokenization, reasoning,
            json.dumps(conv, sort_keys=True, default=str))
-    memo = ctx.memo.setdefault("built", {})
-    if key not in memo:
-        if len(memo) > 8192:
-            memo.clear()
+    if key in _BUILT:
+        _BUILT.move_to_end(key)
+    else:
         try:
-            memo[key] = (True, build_example(conv, tok, policy=ctx.decl.turn_policy,
-                                             reasoning=ctx.decl.reasoning))
+            _BUILT[key] = (True, build_example(conv, tok, policy=policy, index=index,
+                                               tokenization=tokenization,
+                                               reasoning=reasoning))
         except Exception as exc:
-            memo[key] = (False, exc)
-    ok, value = memo[key]
+            _BUILT[key] = (False, exc)
+        while len(_BUILT) > _BUILT_MAX:
+            _BUILT.popitem(last=False)
+    ok, value = _BUILT[key]
     if not ok:
         raise value
     return value
+
+
+def built(ctx, conv, tok):
+    """``build_example(conv, tok)`` under the target's turn policy and reasoning rule
+    (:func:`build_once`)."""
+    return build_once(conv, tok, policy=ctx.decl.turn_policy, reasoning=ctx.decl.reasoning)
 
 
 def fits(ctx, convs, tok) -> bool:

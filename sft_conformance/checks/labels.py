@@ -28,8 +28,10 @@ def expected_labels(ctx, convs, tok):
     if key not in memo:
         if len(memo) > 4096:
             memo.clear()
+        from .engine import build_once
+
         exs = [
-            build_example(
+            build_once(
                 c, tok, policy=ctx.decl.turn_policy, index=i, tokenization=ctx.decl.tokenization,
                 reasoning=ctx.decl.reasoning,
             )

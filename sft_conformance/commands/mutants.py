@@ -17,9 +17,10 @@ def add_arguments(parser) -> None:
                         help="also run everything with this tokenizer (a real family such as "
                              "qwen2.5 or mistral, see 'targets --tokenizers'); repeatable; "
                              "adds the mutant x tokenizer and correct x tokenizer tables")
-    parser.add_argument("-j", "--jobs", type=_jobs, default=1, metavar="N",
-                        help="run the targets in N worker processes (0: one per CPU core; "
-                             "default 1, in this process); the tables keep their order")
+    parser.add_argument("-j", "--jobs", type=_jobs, default=None, metavar="N",
+                        help="run the targets in N worker processes (0: one per CPU core; 1: "
+                             "in this process; default: one per core, at most 4, for 8 rows "
+                             "or more); the tables keep their order")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar (it is shown only when stderr is a terminal)")
 
@@ -33,10 +34,15 @@ def _jobs(value: str) -> int:
 def run_one(name: str, profile: str, tokenizer: str | None, only: list[str] | None):
     """One row of the tables: every check (or ``only``) on the mutant or correct target
     ``name``, without counterexamples (the tables do not show them; a worker process of
-    ``mutants -j N`` returns this run to the parent)."""
+    ``mutants -j N`` returns this run to the parent).
+
+    Failures are not shrunk: the tables show statuses and judged counts, which shrinking does
+    not change (a check's judged count stops at its first failure, and the shrinker keeps the
+    failure it started from), and shrinking was most of the time a mutant took. ``check
+    NAME`` shows a minimal counterexample."""
     from sft_conformance.runner import check_target
 
-    run_ = check_target(name, profile=profile, tokenizer=tokenizer, only=only)
+    run_ = check_target(name, profile=profile, tokenizer=tokenizer, only=only, shrink=False)
     for r in run_.results:
         r.counterexample = None
     return run_
@@ -100,12 +106,14 @@ def _run_all(args, known: list[str]) -> dict:
     runs = {}
     with parallel.progress(len(items), "mutants",
                            enabled=False if getattr(args, "no_progress", False) else None) as bar:
-        for i, run_ in parallel.run_rows(run_one, items, jobs=getattr(args, "jobs", 1)):
+        jobs = getattr(args, "jobs", None)
+        jobs = parallel.auto_jobs(len(items)) if jobs is None else jobs
+        for i, run_ in parallel.run_rows(run_one, items, jobs=jobs):
             t, kind, name = keys[i]
             runs[(t, name)] = run_
             bar.echo(_line(kind, name, items[i][2], run_))
             bar.update()
-    return {"plans": plans, "runs": runs}
+    return {"plans": plans, "runs": runs, "jobs": jobs}
 
 
 def _judged(run_, check_id):
@@ -237,8 +245,9 @@ def run(args) -> int:
                 "(docs/specification.md#how-a-verdict-is-reached). 'judged' is how many drawn "
                 "examples the check judged.\n\n"
                 f"Command: `{command}`  \nVersions: {versions}  \nTime: {elapsed:.0f} s on "
-                f"{os.cpu_count()} CPU cores\n\n## Kills: every mutant fails the check meant "
-                f"for it (bundled tokenizers)\n\n{kills}\n\n"
+                f"{os.cpu_count()} CPU cores, {done['jobs']} worker process(es)\n\n"
+                f"## Kills: every mutant fails the check meant for it (bundled tokenizers)"
+                f"\n\n{kills}\n\n"
                 f"{len(rows) - len(base['survivors'])}/{len(rows)} killed.\n")
             if passes:
                 fh.write("\n## Passes: every correct target passes every applicable check "

@@ -29,6 +29,16 @@ def agentic_targets() -> list[str]:
             and _declares_tools(n)]
 
 
+def _installed(spec: str) -> bool:
+    """Whether a target's libraries are installed here (a row that is not costs nothing)."""
+    try:
+        from sft_conformance.target import declared, load_target
+
+        return not declared(load_target(spec)).missing
+    except Exception:
+        return True
+
+
 def _agentic_row(spec: str) -> bool:
     """A library adapter's target that declares ``tools``: a row of the agentic matrix."""
     from sft_conformance.adapters import REGISTRY
@@ -73,9 +83,10 @@ def add_arguments(parser) -> None:
                         help="the targets of one library adapter (litgpt, verl, ...; run it in "
                              "the library's tox environment), written to OUT/NAME/ (--out "
                              "reports/NAME: the committed one, with its findings.md)")
-    parser.add_argument("-j", "--jobs", type=_jobs, default=1, metavar="N",
-                        help="run the rows in N worker processes (0: one per CPU core; "
-                             "default 1, in this process); the rows keep their order")
+    parser.add_argument("-j", "--jobs", type=_jobs, default=None, metavar="N",
+                        help="run the rows in N worker processes (0: one per CPU core; 1: in "
+                             "this process; default: one per core, at most 4, for 8 rows or "
+                             "more); the rows keep their order")
     parser.add_argument("--shard", type=_shard, default=None, metavar="K/N",
                         help="run only the K-th of N round-robin slices of the targets and "
                              "write the partial OUT/conformance[-TOKENIZER].part-K-of-N.json "
@@ -132,7 +143,7 @@ def run(args) -> int:
             parts.append("--merge " + " ".join(shlex.quote(m) for m in args.merge))
         if getattr(args, "allow_missing", False):
             parts.append("--allow-missing")
-        if getattr(args, "jobs", 1) != 1:
+        if getattr(args, "jobs", None) is not None:
             parts.append(f"-j {args.jobs}")
         command = "sft-conformance report " + " ".join(parts)
     if getattr(args, "collect", None):
@@ -215,7 +226,11 @@ def run(args) -> int:
         everything = list(targets)
         if sharding:
             targets = report.shard(everything, *sharding)
-        jobs = getattr(args, "jobs", 1)
+        jobs = getattr(args, "jobs", None)
+        if jobs is None:
+            from sft_conformance.parallel import auto_jobs
+
+            jobs = auto_jobs(sum(1 for t in targets if _installed(t)))
         print(f"{'agentic ' if agentic else ''}conformance matrix of {len(targets)} targets "
               f"(profile {args.profile}"
               + (", shard {}/{} of {} targets".format(*sharding, len(everything))
