@@ -42,11 +42,13 @@ def _call(fn: Callable, args: tuple):
     return result
 
 
-def run_rows(fn: Callable, items: Sequence[tuple], *,
-             jobs: int = 1) -> Iterator[tuple[int, object]]:
+def run_rows(fn: Callable, items: Sequence[tuple], *, jobs: int = 1,
+             first: Sequence[int] | None = None) -> Iterator[tuple[int, object]]:
     """``(index, fn(*items[index]))`` for every item: in order, in this process, with
     ``jobs <= 1``; in completion order from ``jobs`` worker processes otherwise (the caller
-    puts the results back in the items' order by their index)."""
+    puts the results back in the items' order by their index). ``first``: the indices in the
+    order the workers should take them (the longest rows first, so that no long row starts
+    last); the default is the items' order."""
     if jobs <= 1 or len(items) <= 1:
         for i, args in enumerate(items):
             yield i, fn(*args)
@@ -59,7 +61,9 @@ def run_rows(fn: Callable, items: Sequence[tuple], *,
     context = multiprocessing.get_context(START_METHOD)
     with ProcessPoolExecutor(max_workers=workers, mp_context=context,
                              initializer=_init_worker, initargs=(threads,)) as pool:
-        futures = {pool.submit(_call, fn, tuple(args)): i for i, args in enumerate(items)}
+        order = list(first) if first is not None else []
+        order += [i for i in range(len(items)) if i not in set(order)]
+        futures = {pool.submit(_call, fn, tuple(items[i])): i for i in order}
         try:
             for future in as_completed(futures):
                 yield futures[future], future.result()

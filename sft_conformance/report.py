@@ -114,13 +114,15 @@ def row_line(spec, entry: dict) -> list[str]:
 
 def run_matrix(targets, *, profile="ci", tokenizer=None, progress=print,
                only: list[str] | None = None, jobs: int = 1,
-               show_progress: bool | None = False) -> dict:
+               show_progress: bool | None = False,
+               seconds: dict[str, float] | None = None) -> dict:
     """Run every check (or the ``only`` ones) on every target; targets with a ``forward`` also
     run the model-level checks (S5, S8) under the hand-written-loop call convention.
 
     ``jobs > 1`` runs the rows in that many worker processes (sft_conformance.parallel); the
-    rows keep the order of ``targets``. ``show_progress``: a progress bar on stderr (None: when
-    stderr is a terminal)."""
+    rows keep the order of ``targets``; ``seconds`` (each row's seconds in an earlier report)
+    lets the workers take the longest rows first. ``show_progress``: a progress bar on stderr
+    (None: when stderr is a terminal)."""
     from . import parallel
     from .runner import library_versions
 
@@ -129,7 +131,8 @@ def run_matrix(targets, *, profile="ci", tokenizer=None, progress=print,
     done: dict[int, dict] = {}
     items = [(spec, profile, tokenizer, only) for spec in targets]
     with parallel.progress(len(items), "report", enabled=show_progress, echo=progress) as bar:
-        for i, entry in parallel.run_rows(run_row, items, jobs=jobs):
+        first = sorted(range(len(targets)), key=lambda i: -(seconds or {}).get(targets[i], 0))
+        for i, entry in parallel.run_rows(run_row, items, jobs=jobs, first=first):
             done[i] = entry
             for line in row_line(targets[i], entry):
                 bar.echo(line)
@@ -348,6 +351,17 @@ def update(data: dict, new: dict, command: str) -> dict:
     record = {"command": command, "generated": new["generated"], "seconds": new["seconds"],
               "targets": [run["spec"] for run in new["runs"]], "versions": new["versions"]}
     return dict(data, runs=runs, updates=[*data.get("updates", []), record])
+
+
+def row_seconds(*paths: Path) -> dict[str, float]:
+    """Each row's seconds in the first of ``paths`` that holds a report (empty when none)."""
+    for path in paths:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            return {r["target"]: float(r.get("seconds") or 0) for r in data["runs"]}
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return {}
 
 
 def shard(targets: list[str], k: int, n: int) -> list[str]:

@@ -8,10 +8,12 @@ over the tokenizer, so every ``collate`` call hashes the tokenizer's whole vocab
 bundled 4,096-token vocabulary, 16 s of the 50 s a failing TRL row took; on a 151k vocabulary
 most of each call). On an in-memory dataset that fingerprint names nothing.
 
-Inside :func:`in_memory_datasets`, caching is disabled and ``update_fingerprint`` returns a
-random fingerprint: what ``datasets`` itself does when a transform cannot be hashed ("this
-doesn't affect caching since it's disabled"). The rows the library builds are the same; only the
-fingerprint attribute of each mapped dataset differs, and no library the suite drives reads it.
+Inside :func:`in_memory_datasets`, caching is disabled and ``update_fingerprint`` (a
+transform's fingerprint) and ``generate_fingerprint`` (a new dataset's, which hashes the whole
+table) return a random fingerprint: what ``datasets`` itself does when a transform cannot be
+hashed ("this doesn't affect caching since it's disabled"). The rows the library builds are
+the same; only the fingerprint attribute of each dataset differs, and no library the suite
+drives reads it.
 Where a ``datasets`` version has no such function, nothing is patched (the calls are only slower).
 """
 
@@ -31,26 +33,31 @@ def in_memory_datasets():
         arrow_dataset = fingerprint = None
     bars = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
-    original = getattr(fingerprint, "update_fingerprint", None)
     random_fp = getattr(fingerprint, "generate_random_fingerprint", None)
-    patched = []
+    patched = []  # (module, name, original)
     caching = None
-    if original is not None and random_fp is not None:
+    if random_fp is not None:
         caching = datasets.is_caching_enabled()
         datasets.disable_caching()
-
-        def update_fingerprint(fingerprint_, transform, transform_args):
-            return random_fp()
-
-        for module in (fingerprint, arrow_dataset):
-            if getattr(module, "update_fingerprint", None) is original:
-                module.update_fingerprint = update_fingerprint
-                patched.append(module)
+        replacements = {
+            # a transform's fingerprint: hashes the transform and its arguments
+            "update_fingerprint": lambda fingerprint_, transform, transform_args: random_fp(),
+            # a new dataset's fingerprint (``from_list``): hashes the whole table
+            "generate_fingerprint": lambda dataset: random_fp(),
+        }
+        for name, replacement in replacements.items():
+            original = getattr(fingerprint, name, None)
+            if original is None:
+                continue
+            for module in (fingerprint, arrow_dataset):
+                if getattr(module, name, None) is original:
+                    setattr(module, name, replacement)
+                    patched.append((module, name, original))
     try:
         yield
     finally:
-        for module in patched:
-            module.update_fingerprint = original
+        for module, name, original in patched:
+            setattr(module, name, original)
         if caching:
             datasets.enable_caching()
         if bars:

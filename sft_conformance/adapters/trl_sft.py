@@ -10,6 +10,10 @@ tokenization, label building, truncation, packing and ``trainer.data_collator``,
 Rows follow the prepared dataset's order: the conversations' order without packing (an example
 TRL drops, e.g. left with no trained token, is simply missing), TRL's packing order with it.
 
+The trainer's ``datasets`` maps run without progress bars and without fingerprint hashing
+(:func:`sft_conformance.adapters._datasets.in_memory_datasets`: the datasets live in memory,
+where a fingerprint names no cache file); the rows they build are TRL's.
+
 Labels are unshifted (the Hugging Face convention). ``forward(model, batch)`` calls the model as
 ``SFTTrainer.compute_loss`` does: every key of the batch except ``labels`` as keyword arguments,
 ``use_cache=False``; a padding-free batch has ``position_ids`` (restarting at 0 per document),

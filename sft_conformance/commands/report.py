@@ -240,7 +240,9 @@ def run(args) -> int:
             targets, profile=args.profile, tokenizer=args.tokenizer,
             progress=lambda line: print(line, flush=True),
             only=report.AGENTIC_CHECKS if agentic else None,
-            jobs=jobs, show_progress=False if getattr(args, "no_progress", False) else None)
+            jobs=jobs, show_progress=False if getattr(args, "no_progress", False) else None,
+            seconds=report.row_seconds(*(report.paths(d, args.tokenizer, agentic)[1]
+                                         for d in (out, Path("reports")))) if jobs > 1 else None)
         if agentic:
             data["agentic"] = True
         if sharding:
