@@ -231,14 +231,15 @@ def prepare(ctx, inner, calls) -> dict:
 
 
 #: how many served batches are asked of the target too, and compared, before any is served
-VERIFY = 3
+VERIFY = 8
 
 
 def _verified(inner, calls, served, name) -> bool:
-    """Whether the target, asked itself for a few of the served batches (the first of one
-    conversation, the first of several and the largest), returns the same rows: a target whose
-    rows depend on the batch they sit in (a bug of row 0 only, or of a batch of one, or rows
-    reordered) is never served, since a chunk call would hide that."""
+    """Whether the target, asked itself for :data:`VERIFY` of the served batches (the first of
+    one conversation, the first of several, the largest and some spread over the run), returns
+    the same rows: a target whose rows depend on the batch they sit in (a bug of row 0 only, or
+    of a batch of one, labels longer than the ids that a wider batch pads away, rows reordered)
+    is never served, since a chunk call would hide that."""
     from .context import validate_batch
 
     picks = []
@@ -249,6 +250,9 @@ def _verified(inner, calls, served, name) -> bool:
                 break
     ranked = sorted((c for c in calls if _key(*c) in served), key=lambda c: -len(c[0]))
     picks += ranked[:1]
+    spread = [c for c in calls if _key(*c) in served]  # and some spread over the whole run
+    step = max(1, len(spread) // (VERIFY - len(picks) or 1))
+    picks += spread[step // 2::step]
     seen = set()
     for convs, tok, max_length in picks[:VERIFY]:
         key = _key(convs, tok, max_length)

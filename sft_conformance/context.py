@@ -47,6 +47,7 @@ class Context:
     check_id: str = ""  # the check running now (a refusal is its finding)
     memo: dict = field(default_factory=dict)  # what the checks computed once per run
     drawing: bool = False  # a drawn (not pinned) input is being judged (batch judging)
+    serve_closed: bool = False  # the check saw a malformed batch: nothing more is served
     _tokenizers: dict = field(default_factory=dict)
     _model: object = None
 

@@ -110,11 +110,11 @@ class _AxolotlTarget:
         from axolotl.utils.data.utils import handle_long_seq_in_dataset
         from axolotl.utils.data.wrappers import get_dataset_wrapper
 
-        was = datasets.is_progress_bar_enabled()
-        datasets.disable_progress_bars()
+        from ._datasets import in_memory_datasets
+
         logging.disable(logging.WARNING)
         try:
-            with contextlib.redirect_stdout(io.StringIO()):
+            with in_memory_datasets(), contextlib.redirect_stdout(io.StringIO()):
                 cfg, tok = self.prepared(tokenizer, max_length)
                 raw = datasets.Dataset.from_list(self.rows(conversations))
                 # what _load_raw_datasets does with each dataset of the config
@@ -139,8 +139,6 @@ class _AxolotlTarget:
             return self._collate(features, tok, max_length, dataset)
         finally:
             logging.disable(logging.NOTSET)
-            if was:
-                datasets.enable_progress_bars()
 
     def _collate(self, features, tokenizer, max_length, dataset):
         from axolotl.utils.collators import DataCollatorForSeq2Seq

@@ -89,9 +89,11 @@ class _SwiftTarget:
         from datasets import Dataset
         from swift.dataset import LazyLLMDataset
 
+        from ._datasets import in_memory_datasets
+
         template = self.template(tokenizer, max_length)
-        rows = Dataset.from_list(self.rows(conversations))
-        with contextlib.redirect_stdout(io.StringIO()):
+        with in_memory_datasets(), contextlib.redirect_stdout(io.StringIO()):
+            rows = Dataset.from_list(self.rows(conversations))
             if self.packing:
                 from swift.dataset import AddLengthPreprocessor, PackingDataset
 

@@ -65,17 +65,13 @@ class _OpenRLHFTarget:
 
         from sft_conformance.assets import copy_tokenizer
 
+        from ._datasets import in_memory_datasets
+
         strategy = types.SimpleNamespace(args=types.SimpleNamespace(data=self.data_args()))
-        was = datasets.is_progress_bar_enabled()
-        datasets.disable_progress_bars()
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):
-                dataset = SFTDataset(datasets.Dataset.from_list(self.rows(conversations)),
-                                     copy_tokenizer(tokenizer), max_length, strategy,
-                                     num_processors=0, multiturn=self.multiturn)
-        finally:
-            if was:
-                datasets.enable_progress_bars()
+        with in_memory_datasets(), contextlib.redirect_stdout(io.StringIO()):
+            dataset = SFTDataset(datasets.Dataset.from_list(self.rows(conversations)),
+                                 copy_tokenizer(tokenizer), max_length, strategy,
+                                 num_processors=0, multiturn=self.multiturn)
         if len(dataset) == 0:
             raise ValueError(f"OpenRLHF's SFTDataset kept none of the {len(conversations)} "
                              f"conversation(s) at max_len={max_length}")

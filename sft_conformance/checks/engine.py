@@ -14,7 +14,7 @@ from sft_conformance.reference import (
 )
 
 from .. import profiles
-from ..context import Context, TargetRaised
+from ..context import Context, TargetError, TargetRaised
 from ..failures import CheckFailure
 from ..strategies import CHAR_ALPHABET, conversations
 
@@ -108,6 +108,11 @@ def run_property(ctx: Context, strategy, prop, *, pinned=(), budget: float = 1.0
             if not ctx.failed:
                 ctx.judged += 1
                 ctx.failed = True
+            raise
+        except TargetError:
+            # a malformed batch: no batch is served from here on (batch_judging), so every
+            # later call, the shrinker's and Hypothesis's replay, is the target's own
+            ctx.serve_closed = True
             raise
         finally:
             ctx.drawing = False
