@@ -53,6 +53,22 @@ def model_dir(tokenizer) -> str:
     return path
 
 
+@contextlib.contextmanager
+def _no_full_collections():
+    """``gc.collect()`` as a no-op while axolotl's multipack sampler packs one batch: it runs a
+    full collection for every batch it builds, which in the checks' process (Hypothesis, the
+    tokenizers, the models) took 0.34 of the 0.47 s a qwen2.5 call cost. Collecting garbage
+    changes no result; Python's own collections still run."""
+    import gc
+
+    collect = gc.collect
+    gc.collect = lambda *args, **kwargs: 0
+    try:
+        yield
+    finally:
+        gc.collect = collect
+
+
 class _AxolotlTarget:
     labels_shifted = False
     turn_policy = "all"
@@ -191,7 +207,8 @@ class SamplePackingTarget(_AxolotlTarget):
                                         batch_max_len=max_length, batch_size=1,
                                         bin_size=200, sequential=True, drop_last=False,
                                         num_processes=1)
-        bins = [b for batch in sampler for b in batch]
+        with _no_full_collections():
+            bins = [b for batch in sampler for b in batch]
         collator = V2BatchSamplerDataCollatorForSeq2Seq(tokenizer, padding=True,
                                                         return_tensors="pt")
         keep = ("input_ids", "labels", "attention_mask", "position_ids")
