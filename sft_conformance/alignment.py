@@ -165,8 +165,10 @@ def locate_examples(batch: dict, expected_ids: list[list[int]], *, pad_id: int |
     ``droppable_tail[i]`` says that example ``i``'s last token is untrained template glue (the
     newline after the last end token) that a target may leave out: then the run without it
     counts. Examples found nowhere are paired, in order, with rows that hold no found example
-    (their extent from the attention mask, else without the pad tokens at either end), so the
-    checks can still show what differs; an example with no such row gets None.
+    (their extent from the attention mask, else without the pad tokens at either end; the
+    documents of such a row, in order, where its position ids or document ids say it holds
+    several), so the checks can still show what differs; an example with no such row or
+    document gets None.
     """
     rows = batch["input_ids"].tolist()
     order = sorted(range(len(expected_ids)), key=lambda i: -len(expected_ids[i]))
@@ -183,10 +185,22 @@ def locate_examples(batch: dict, expected_ids: list[list[int]], *, pad_id: int |
     used_rows = {s.row for s in found if s is not None}
     free_rows = [r for r in range(len(rows)) if r not in used_rows]
     mask = batch.get("attention_mask")
+    # a free row that holds two or more documents (position ids that restart, document ids) is
+    # packed: its documents are paired with the examples found nowhere, one each, in order
+    documents: dict[int, list[Segment]] = {}
+    for d in document_segments(batch):
+        if d.row in free_rows and any(t != pad_id for t in rows[d.row][d.start:d.stop]):
+            documents.setdefault(d.row, []).append(d)
+    free: list = []
+    for r in free_rows:
+        free += documents[r] if len(documents.get(r, ())) > 1 else [r]
     for i in range(len(expected_ids)):
-        if found[i] is not None or not free_rows:
+        if found[i] is not None or not free:
             continue
-        r = free_rows.pop(0)
+        r = free.pop(0)
+        if isinstance(r, Segment):
+            found[i] = r
+            continue
         if mask is not None and bool(mask[r].any()):
             idx = torch.nonzero(mask[r], as_tuple=False).flatten()
             start, stop = int(idx[0]), int(idx[-1]) + 1

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 from . import profiles
+from .assets import vocabulary_size
 from .checks import CHECKS, Check, missing_capability
 from .checks.engine import JUDGED_FLOOR
 from .context import Context, TargetRaised
@@ -319,7 +320,7 @@ def _tokenizer_state(tok) -> tuple:
     return tuple(getattr(tok, a, None) for a in (
         "padding_side", "truncation_side", "pad_token_id", "eos_token_id", "bos_token_id",
         "model_max_length", "add_bos_token", "add_eos_token")) + (
-        len(tok) if hasattr(tok, "__len__") else None,
+        vocabulary_size(tok) if hasattr(tok, "__len__") else None,
         hash(template) if isinstance(template, str) else repr(template))
 
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .assets import vocabulary_size
+
 #: added tokens whose text names one of these are tool or reasoning markers, kept even when the
 #: template does not render them (a tool result may quote them)
 _MARKER_WORDS = re.compile(r"tool|think|function|call|result|response", re.IGNORECASE)
@@ -224,7 +226,7 @@ _CACHE: dict = {}
 def cached_pinned_batches(tokenizer, **kwargs) -> list[list[list[dict]]]:
     """:func:`pinned_batches`, computed once per tokenizer configuration and arguments."""
     template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
-    key = (getattr(tokenizer, "name_or_path", ""), len(tokenizer), hash(template),
+    key = (getattr(tokenizer, "name_or_path", ""), vocabulary_size(tokenizer), hash(template),
            tokenizer.pad_token, tokenizer.eos_token, tuple(sorted(
                (k, tuple(v) if isinstance(v, (list, tuple, set)) else v)
                for k, v in kwargs.items())))

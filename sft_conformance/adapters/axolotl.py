@@ -95,7 +95,8 @@ class _AxolotlTarget:
 
     def prepared(self, tokenizer, max_length):
         """``(cfg, tokenizer)`` as ``axolotl train`` builds them: ``load_cfg`` (validation and
-        defaults) and ``axolotl.loaders.load_tokenizer(cfg)``, once per configuration."""
+        defaults) once per configuration and ``axolotl.loaders.load_tokenizer(cfg)`` once per
+        tokenizer."""
         from axolotl.cli.config import load_cfg
         from axolotl.loaders import load_tokenizer
         from axolotl.utils.dict import DictDefault
@@ -110,11 +111,15 @@ class _AxolotlTarget:
                                                  {"role": "assistant", "content": "y"}]}))
             cfg = load_cfg(DictDefault(self.config(tokenizer, max_length, data_file,
                                                    os.path.join(work, "out"))))
-            self._prepared[key] = (cfg, load_tokenizer(cfg))
+            # load_tokenizer reads none of the length settings: one load per tokenizer (about
+            # 1 s at 151k tokens), not one per max_length the checks draw
+            if key[0] not in self._tokenizers:
+                self._tokenizers[key[0]] = load_tokenizer(cfg)
+            self._prepared[key] = (cfg, self._tokenizers[key[0]])
         return self._prepared[key]
 
     def __init__(self):
-        self._prepared, self._dirs = {}, []
+        self._prepared, self._tokenizers, self._dirs = {}, {}, []
 
     def rows(self, conversations) -> list[dict]:
         """The rows of the dataset, as a user's JSONL file holds them."""

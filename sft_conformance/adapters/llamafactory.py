@@ -97,18 +97,31 @@ _TOKENIZERS: dict[str, object] = {}
 def _tokenizer_module(load_tokenizer, model_args) -> dict:
     """``load_tokenizer(model_args)`` as LLaMA-Factory returns it, with a fresh copy of the
     tokenizer each call (``get_template_and_fix_tokenizer`` changes the one it gets): loaded
-    once per model arguments where there is no multimodal processor, else every call."""
+    once per model arguments but ``model_max_length`` (set from ``cutoff_len``, applied to each
+    copy as ``patch_tokenizer`` does) where there is no multimodal processor, else every
+    call."""
     import dataclasses
 
     from sft_conformance.assets import copy_tokenizer
 
-    key = repr(sorted((k, repr(v)) for k, v in dataclasses.asdict(model_args).items()))
+    # get_train_args sets model_max_length to cutoff_len, and every check draws its own
+    # max_length: key without it, and do what patch_tokenizer does with it on each copy
+    length = model_args.model_max_length
+    key = repr(sorted((k, repr(v)) for k, v in dataclasses.asdict(model_args).items()
+                      if k != "model_max_length"))
     if key not in _TOKENIZERS:
-        module = load_tokenizer(model_args)
+        model_args.model_max_length = None
+        try:
+            module = load_tokenizer(model_args)
+        finally:
+            model_args.model_max_length = length
         if module.get("processor") is not None:
-            return module
+            return load_tokenizer(model_args)
         _TOKENIZERS[key] = module["tokenizer"]
-    return {"tokenizer": copy_tokenizer(_TOKENIZERS[key]), "processor": None}
+    tokenizer = copy_tokenizer(_TOKENIZERS[key])
+    if length is not None and tokenizer.model_max_length < length:
+        tokenizer.model_max_length = length  # patch_tokenizer: "enlarge the tokenizer max length"
+    return {"tokenizer": tokenizer, "processor": None}
 
 
 class _LlamaFactoryTarget:

@@ -111,9 +111,9 @@ class _TRLTarget:
                          seed=0, **kwargs)
 
     def _model(self, tokenizer):
-        from sft_conformance.assets import tiny_model
+        from sft_conformance.assets import tiny_model, vocabulary_size
 
-        key = (len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
+        key = (vocabulary_size(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
         if key not in self._models:
             self._models[key] = tiny_model(tokenizer)
         return self._models[key]

@@ -551,6 +551,32 @@ def copy_tokenizer(tok):
     return clone
 
 
+#: each tokenizer backend's full size: ``{id(backend): (backend, base size, added count, size)}``
+_SIZES: dict[int, tuple] = {}
+
+
+def vocabulary_size(tok) -> int:
+    """``len(tok)``, counted once per backend and vocabulary. A fast tokenizer's ``len`` builds
+    its whole vocabulary in Rust on every call (84 ms on qwen2.5's 151k tokens in some builds of
+    ``tokenizers``), and the checks key their caches by it on every call; the base size and the
+    number of added tokens are cheap and change whenever the length can."""
+    backend = getattr(tok, "_tokenizer", None)
+    try:
+        base, added = tok.vocab_size, len(tok.added_tokens_decoder)
+    except Exception:
+        return len(tok)
+    if backend is None:
+        return len(tok)
+    entry = _SIZES.get(id(backend))
+    if entry is None or entry[0] is not backend or entry[1:3] != (base, added):
+        entry = (backend, base, added, len(tok))
+        _SIZES.pop(id(backend), None)
+        _SIZES[id(backend)] = entry
+        while len(_SIZES) > 16:  # the newest backends only: each entry holds its backend
+            _SIZES.pop(next(iter(_SIZES)))
+    return entry[3]
+
+
 #: each shared backend's vocabulary, built once per size: ``{id(backend): (backend, size, vocab)}``
 _VOCABULARIES: dict[int, tuple] = {}
 
@@ -572,7 +598,7 @@ def _shared_get_vocab(self) -> dict[str, int]:
     on every call, 89 ms on qwen2.5's 151k tokens, and ``SFTTrainer.__init__`` asks twice (is the
     pad token, is the eos token in the vocabulary), so every ``collate`` of a TRL target paid it."""
     backend = self._tokenizer
-    size = len(self)
+    size = vocabulary_size(self)
     entry = _VOCABULARIES.get(id(backend))
     if entry is None or entry[0] is not backend or entry[1] != size:
         entry = (backend, size, type(self).get_vocab(self))

@@ -14,6 +14,7 @@ from sft_conformance.reference import (
 )
 
 from .. import profiles
+from ..assets import vocabulary_size
 from ..context import Context, TargetError, TargetRaised
 from ..failures import CheckFailure
 from ..strategies import CHAR_ALPHABET, conversations
@@ -257,8 +258,9 @@ def _tokenizer_identity(tok) -> tuple:
     """What ``build_example`` reads of a tokenizer, as a key that two loads of the same
     tokenizer share (every run loads its own tokenizer objects)."""
     template = getattr(tok, "chat_template", None)
-    return (type(tok).__name__, tok.name_or_path, len(tok), tok.pad_token_id, tok.eos_token_id,
-            tok.bos_token_id, hash(template) if isinstance(template, str) else repr(template))
+    return (type(tok).__name__, tok.name_or_path, vocabulary_size(tok), tok.pad_token_id,
+            tok.eos_token_id, tok.bos_token_id,
+            hash(template) if isinstance(template, str) else repr(template))
 
 
 def build_once(conv, tok, *, policy: str = "all", index: int = 0, tokenization: str = "whole",

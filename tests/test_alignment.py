@@ -1,0 +1,54 @@
+"""Finding each conversation in a batch: ``alignment.locate_examples`` and the drop judgement
+built on it (``refusals.dropped_examples``)."""
+
+import torch
+
+from sft_conformance.alignment import Segment, locate_examples
+from sft_conformance.refusals import dropped_examples
+
+
+class _Example:
+    def __init__(self, ids, n_trained=2):
+        self.input_ids, self.n_trained = ids, n_trained
+
+
+PAD = 0
+#: the template renders an empty system block (7, 8) that the target leaves out, as
+#: LLaMA-Factory's and ms-swift's data paths do with an empty system message
+EXPECTED = [1, 7, 8, 2, 3, 4, 5]
+RENDERED = [1, 9, 2, 3, 4, 5]
+
+
+def _packed(position_ids=True):
+    ids = RENDERED + RENDERED + [PAD] * 4
+    batch = {"input_ids": torch.tensor([ids]),
+             "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
+    if position_ids:
+        # documents restart at 0; each pad token is its own position-0 "document"
+        batch["position_ids"] = torch.tensor([list(range(6)) + list(range(6)) + [0] * 4])
+    return batch
+
+
+def test_documents_of_a_packed_row_are_paired_with_examples_its_ids_do_not_match():
+    batch = _packed()
+    segs = locate_examples(batch, [EXPECTED, EXPECTED], pad_id=PAD)
+    assert segs == [Segment(0, 0, 6), Segment(0, 6, 12)]
+    # both conversations are in the row, rendered otherwise (S1's finding): nothing dropped
+    assert dropped_examples(batch, [_Example(EXPECTED)] * 2, segs, PAD) == []
+
+
+def test_a_packed_row_that_lost_a_document_still_reports_the_drop():
+    ids = RENDERED + [PAD] * 4
+    batch = {"input_ids": torch.tensor([ids]),
+             "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
+             "position_ids": torch.tensor([list(range(6)) + [0] * 4])}
+    segs = locate_examples(batch, [EXPECTED, [11, 12, 13, 14]], pad_id=PAD)
+    assert segs[0] == Segment(0, 0, 10) and segs[1] is None  # one document: the whole row
+    assert dropped_examples(batch, [_Example(EXPECTED), _Example([11, 12, 13, 14])], segs,
+                            PAD) == [1]
+
+
+def test_a_row_without_readable_boundaries_is_one_extent():
+    batch = _packed(position_ids=False)
+    segs = locate_examples(batch, [EXPECTED, EXPECTED], pad_id=PAD)
+    assert segs[0] == Segment(0, 0, 16) and segs[1] is None
