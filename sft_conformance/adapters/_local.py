@@ -14,10 +14,10 @@ _SAVED: dict[str, str] = {}
 
 
 def _key(tokenizer) -> str:
-    # the base vocabulary's size and the added tokens, not len(tokenizer): that counts the
-    # added tokens through the Rust backend, 50 ms a call on qwen2.5, paid on every collate
-    size = f"{tokenizer.vocab_size}+{len(getattr(tokenizer, 'added_tokens_decoder', {}))}"
-    parts = [type(tokenizer).__name__, str(tokenizer.name_or_path), size,
+    from sft_conformance.assets import vocabulary_size
+
+    parts = [type(tokenizer).__name__, str(tokenizer.name_or_path),
+             str(vocabulary_size(tokenizer)),
              str(tokenizer.pad_token), str(tokenizer.eos_token), str(tokenizer.bos_token),
              str(tokenizer.padding_side), tokenizer.chat_template or ""]
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
