@@ -157,6 +157,26 @@ def _find_run(rows: list[list[int]], ids: list[int], taken: set) -> Segment | No
     return None
 
 
+def _restarts(batch: dict, row: int) -> int:
+    """How many times the position ids (or document ids) of ``row`` start a new document
+    between two attended positions: 0 for a row that holds one document."""
+    mask = batch.get("attention_mask")
+    shaped = [batch.get(k) for k in ("document_ids", "position_ids")]
+    if any(isinstance(x, torch.Tensor) and (x.dim() != 2 or row >= x.shape[0]) for x in shaped):
+        return 0  # not one id per token and row (e.g. multimodal position ids): not read here
+    if isinstance(batch.get("document_ids"), torch.Tensor):
+        keys = batch["document_ids"][row].tolist()
+        new = [keys[t] != keys[t - 1] for t in range(1, len(keys))]
+    elif isinstance(batch.get("position_ids"), torch.Tensor):
+        pos = batch["position_ids"][row].tolist()
+        new = [pos[t] <= pos[t - 1] for t in range(1, len(pos))]
+    else:
+        return 0
+    real = (mask[row].bool().tolist() if isinstance(mask, torch.Tensor) and mask.dim() == 2
+            else [True] * (len(new) + 1))
+    return sum(1 for t, n in enumerate(new, start=1) if n and real[t] and real[t - 1])
+
+
 def locate_examples(batch: dict, expected_ids: list[list[int]], *, pad_id: int | None,
                     droppable_tail: list[bool] | None = None) -> list[Segment | None]:
     """Where each example sits in the batch, found by its ids (never by row order, never by the
@@ -187,10 +207,13 @@ def locate_examples(batch: dict, expected_ids: list[list[int]], *, pad_id: int |
     mask = batch.get("attention_mask")
     # a free row that holds two or more documents (position ids that restart, document ids) is
     # packed: its documents are paired with the examples found nowhere, one each, in order
+    # (a gap in the attention mask alone, e.g. a pad id inside a message, splits no document)
     documents: dict[int, list[Segment]] = {}
-    for d in document_segments(batch):
-        if d.row in free_rows and any(t != pad_id for t in rows[d.row][d.start:d.stop]):
-            documents.setdefault(d.row, []).append(d)
+    packed = {r for r in free_rows if _restarts(batch, r) > 0}
+    if packed:
+        for d in document_segments(batch):
+            if d.row in packed and any(t != pad_id for t in rows[d.row][d.start:d.stop]):
+                documents.setdefault(d.row, []).append(d)
     free: list = []
     for r in free_rows:
         free += documents[r] if len(documents.get(r, ())) > 1 else [r]

@@ -52,3 +52,17 @@ def test_a_row_without_readable_boundaries_is_one_extent():
     batch = _packed(position_ids=False)
     segs = locate_examples(batch, [EXPECTED, EXPECTED], pad_id=PAD)
     assert segs[0] == Segment(0, 0, 16) and segs[1] is None
+
+
+def test_a_gap_in_the_attention_mask_alone_splits_no_document():
+    """A pad id inside a message (seed 003's pad_collate masks it) leaves a hole in the
+    attention mask; the row still holds one conversation (textbook-seed003 S11, found by the
+    stored-verdicts test: the fallback had paired a half of that row with another example)."""
+    ids = [1, 9, 2, PAD, 3, 4, 5, PAD, PAD]
+    batch = {"input_ids": torch.tensor([ids]),
+             "attention_mask": torch.tensor([[1, 1, 1, 0, 1, 1, 1, 0, 0]])}
+    expected = [[1, 7, 8, 2, PAD, 3, 4, 5], [1, 7, 8, 6]]
+    segs = locate_examples(batch, expected, pad_id=PAD)
+    assert segs == [Segment(0, 0, 7), None]
+    batch["position_ids"] = torch.tensor([[0, 1, 2, 3, 4, 5, 6, 1, 1]])
+    assert locate_examples(batch, expected, pad_id=PAD) == [Segment(0, 0, 7), None]

@@ -81,8 +81,9 @@ def add_arguments(parser) -> None:
                              "running nothing")
     parser.add_argument("--library", default=None, metavar="NAME",
                         help="the targets of one library adapter (litgpt, verl, ...; run it in "
-                             "the library's tox environment), written to OUT/NAME/ (--out "
-                             "reports/NAME: the committed one, with its findings.md)")
+                             "the library's tox environment), written to --out as given "
+                             "(default: sft-conformance-reports/NAME; --out reports/NAME: the "
+                             "committed one, with its findings.md)")
     parser.add_argument("-j", "--jobs", type=_jobs, default=None, metavar="N",
                         help="run the rows in N worker processes (0: one per CPU core; 1: in "
                              "this process; default: one per core, at most 4, for 8 rows or "
