@@ -203,20 +203,26 @@ def locate_examples(batch: dict, expected_ids: list[list[int]], *, pad_id: int |
             found[i] = seg
             taken.update((seg.row, t) for t in range(seg.start, seg.stop))
     used_rows = {s.row for s in found if s is not None}
-    free_rows = [r for r in range(len(rows)) if r not in used_rows]
     mask = batch.get("attention_mask")
-    # a free row that holds two or more documents (position ids that restart, document ids) is
-    # packed: its documents are paired with the examples found nowhere, one each, in order
-    # (a gap in the attention mask alone, e.g. a pad id inside a message, splits no document)
+    # a row whose position ids or document ids restart between attended positions is packed:
+    # its documents that hold no found example are paired with the examples found nowhere,
+    # one each, in order (a gap in the attention mask alone, e.g. a pad id inside a message,
+    # splits no document); a row of one document that holds no found example is paired whole
+    packed = {r for r in range(len(rows)) if _restarts(batch, r) > 0}
     documents: dict[int, list[Segment]] = {}
-    packed = {r for r in free_rows if _restarts(batch, r) > 0}
     if packed:
+        claimed = [s for s in found if s is not None]
         for d in document_segments(batch):
-            if d.row in packed and any(t != pad_id for t in rows[d.row][d.start:d.stop]):
+            if (d.row in packed and any(t != pad_id for t in rows[d.row][d.start:d.stop])
+                    and not any(c.row == d.row and c.start < d.stop and d.start < c.stop
+                                for c in claimed)):
                 documents.setdefault(d.row, []).append(d)
     free: list = []
-    for r in free_rows:
-        free += documents[r] if len(documents.get(r, ())) > 1 else [r]
+    for r in range(len(rows)):
+        if r in packed and (r in used_rows or len(documents.get(r, ())) > 1):
+            free += documents.get(r, [])
+        elif r not in used_rows:
+            free.append(r)
     for i in range(len(expected_ids)):
         if found[i] is not None or not free:
             continue

@@ -10,6 +10,8 @@ failure shrinks to a conversation a person can read. Tests draw them with labels
 
 from __future__ import annotations
 
+import functools
+
 import hypothesis.strategies as st
 
 #: Text that tries to move a mask: role words, template headers, special-token look-alikes (S11).
@@ -27,6 +29,28 @@ _WORDS = ("the", "answer", "is", "hello", "world", "gravity", "a", "cat", "sat",
 CHAR_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789+"
 
 
+# The strategies a draw picks from, built once: a strategy built inside a draw is a new object
+# each time, and Hypothesis works out its properties again on every one (a twentieth of a
+# ``mutants`` row). The same definitions draw the same values from the same choices.
+_KINDS = st.sampled_from(("words", "empty", "one-char", "unicode", "mixed"))
+_ONE_CHAR = st.characters(codec="utf-8", exclude_categories=("Cs", "Cc"))
+_UNICODE = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1,
+                   max_size=12)
+_LEFT = st.sampled_from(("", "", " ", "\n", "  "))
+_RIGHT = st.sampled_from(("", "", " ", "\n"))
+
+
+@functools.cache
+def _alphabet_text(alphabet: str):
+    return st.text(alphabet=alphabet, min_size=0, max_size=12)
+
+
+@functools.cache
+def _word_lists(adversarial_words: bool, max_pieces: int):
+    pieces = _WORDS + ADVERSARIAL_PIECES if adversarial_words else _WORDS
+    return st.lists(st.sampled_from(pieces), min_size=1, max_size=max_pieces)
+
+
 @st.composite
 def message_contents(draw, *, adversarial: bool = True, max_pieces: int = 8,
                      alphabet: str | None = None) -> str:
@@ -34,23 +58,25 @@ def message_contents(draw, *, adversarial: bool = True, max_pieces: int = 8,
     (``adversarial``) role words, headers and special-token look-alikes."""
     if alphabet is not None:
         specials = "<>#" if adversarial else ""
-        return draw(st.text(alphabet=alphabet + specials, min_size=0, max_size=12))
-    kind = draw(st.sampled_from(["words", "empty", "one-char", "unicode", "mixed"]))
+        return draw(_alphabet_text(alphabet + specials))
+    kind = draw(_KINDS)
     if kind == "empty":
         return ""
     if kind == "one-char":
-        return draw(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")))
+        return draw(_ONE_CHAR)
     if kind == "unicode":
-        return draw(st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)),
-                            min_size=1, max_size=12))
-    pieces = list(_WORDS)
-    if adversarial and kind == "mixed":
-        pieces += list(ADVERSARIAL_PIECES)
-    words = draw(st.lists(st.sampled_from(pieces), min_size=1, max_size=max_pieces))
+        return draw(_UNICODE)
+    words = draw(_word_lists(adversarial and kind == "mixed", max_pieces))
     text = " ".join(words)
-    left = draw(st.sampled_from(["", "", " ", "\n", "  "]))
-    right = draw(st.sampled_from(["", "", " ", "\n"]))
+    left = draw(_LEFT)
+    right = draw(_RIGHT)
     return left + text + right
+
+
+@functools.cache
+def _contents(adversarial: bool, alphabet: str | None, max_pieces: int = 8):
+    """:func:`message_contents` built once per arguments (see ``_KINDS``)."""
+    return message_contents(adversarial=adversarial, alphabet=alphabet, max_pieces=max_pieces)
 
 
 @st.composite
@@ -59,7 +85,7 @@ def conversations(draw, *, max_turns: int = 3, system: bool | None = None,
                   roles: tuple[str, ...] = ("system", "user", "assistant"),
                   end_with_assistant: bool = True) -> list[dict]:
     """A conversation: optional system prompt, then 1..max_turns user/assistant exchanges."""
-    content = message_contents(adversarial=adversarial, alphabet=alphabet)
+    content = _contents(adversarial, alphabet)
     messages = []
     use_system = draw(st.booleans()) if system is None else system
     if use_system and "system" in roles:
@@ -148,6 +174,11 @@ def agentic_batches(*, min_size: int = 1, max_size: int = 2, plain=None, **kwarg
     return st.sampled_from(["dict", "json"]).flatmap(batch)
 
 
+#: agentic message text (built once, see ``_KINDS``): any, non-empty, not only whitespace
+_AGENTIC_SOME = _contents(False, None, 5).filter(bool)
+_AGENTIC_VISIBLE = _contents(False, None, 5).filter(lambda s: bool(s.strip()))
+
+
 @st.composite
 def agentic_conversations(draw, *, max_rounds: int = 2, reasoning: bool = True,
                           system: bool | None = None, follow_up: bool | None = None,
@@ -161,7 +192,8 @@ def agentic_conversations(draw, *, max_rounds: int = 2, reasoning: bool = True,
     strings within one conversation (``arguments``: ``"dict"`` or ``"json"``, drawn when None;
     a batch passes one for all its conversations: a dataset column, Arrow or parquet, holds one
     type, and a loader that refuses a mix would hide every label the checks judge)."""
-    content = message_contents(adversarial=False, max_pieces=5)
+    content = _contents(False, None, 5)
+    some, visible = _AGENTIC_SOME, _AGENTIC_VISIBLE
     tools = draw(tool_schemas())
     if arguments is None:
         arguments = draw(st.sampled_from(["dict", "json"]))
@@ -169,12 +201,12 @@ def agentic_conversations(draw, *, max_rounds: int = 2, reasoning: bool = True,
     messages = []
     if (draw(st.booleans()) if system is None else system):
         messages.append({"role": "system", "content": draw(content)})
-    messages.append({"role": "user", "content": draw(content.filter(bool))})
+    messages.append({"role": "user", "content": draw(some)})
 
     def answer(**extra):
         m = {"role": "assistant", "content": draw(content)}
         if reasoning and draw(st.booleans()):
-            m["reasoning_content"] = draw(content.filter(lambda s: bool(s.strip())))
+            m["reasoning_content"] = draw(visible)
         m.update(extra)
         return m
 
@@ -195,6 +227,6 @@ def agentic_conversations(draw, *, max_rounds: int = 2, reasoning: bool = True,
     if consecutive_assistant and draw(st.integers(0, 4)) == 0:
         messages.append(answer())
     if (draw(st.booleans()) if follow_up is None else follow_up):
-        messages.append({"role": "user", "content": draw(content.filter(bool))})
+        messages.append({"role": "user", "content": draw(some)})
         messages.append(answer())
     return {"messages": messages, "tools": tools}

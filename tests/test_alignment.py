@@ -66,3 +66,18 @@ def test_a_gap_in_the_attention_mask_alone_splits_no_document():
     assert segs == [Segment(0, 0, 7), None]
     batch["position_ids"] = torch.tensor([[0, 1, 2, 3, 4, 5, 6, 1, 1]])
     assert locate_examples(batch, expected, pad_id=PAD) == [Segment(0, 0, 7), None]
+
+
+def test_a_packed_row_that_holds_a_found_example_offers_its_other_documents():
+    """LLaMA-Factory's neat packing on qwen2.5 with pad == eos: one conversation is found as
+    rendered, the other (an empty system message the data path replaces with the default
+    one) only re-rendered, in the same packed row; it is that row's other document, not a
+    dropped conversation."""
+    found_ids = [1, 2, 3, 4]
+    ids = found_ids + RENDERED + [PAD] * 2
+    batch = {"input_ids": torch.tensor([ids]),
+             "position_ids": torch.tensor([list(range(4)) + list(range(6)) + [0, 0]])}
+    segs = locate_examples(batch, [found_ids, EXPECTED], pad_id=PAD)
+    assert segs == [Segment(0, 0, 4), Segment(0, 4, 10)]
+    examples = [_Example(found_ids), _Example(EXPECTED)]
+    assert dropped_examples(batch, examples, segs, PAD) == []

@@ -263,6 +263,24 @@ def _tokenizer_identity(tok) -> tuple:
             hash(template) if isinstance(template, str) else repr(template))
 
 
+def content_once(conv, tok) -> list[list[int]]:
+    """``content_tokens(conv, tok)`` once per process (it renders every prefix of the
+    conversation), keyed as :func:`build_once`; read-only."""
+    import json
+
+    from sft_conformance.reference.masks import content_tokens
+
+    key = ("content_tokens", _tokenizer_identity(tok),
+           json.dumps(conv, sort_keys=True, default=str))
+    if key in _BUILT:
+        _BUILT.move_to_end(key)
+    else:
+        _BUILT[key] = (True, content_tokens(conv, tok))
+        while len(_BUILT) > _BUILT_MAX:
+            _BUILT.popitem(last=False)
+    return _BUILT[key][1]
+
+
 def build_once(conv, tok, *, policy: str = "all", index: int = 0, tokenization: str = "whole",
                reasoning: str | None = None):
     """``build_example`` once per process: the checks ask for the same conversation again and

@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import hypothesis.strategies as st
 
-from sft_conformance.reference import (
-    build_example,
-)
-
 from ..alignment import (
     IGNORE_INDEX,
     canonical_labels,
@@ -17,6 +13,8 @@ from ..context import Context
 from ..failures import fail_at_position
 from .engine import (
     batch_strategy,
+    build_once,
+    content_once,
     is_bpe,
     pad_eos_allowed,
     pad_eos_strategy,
@@ -159,8 +157,6 @@ def check_end_of_turn_trained(ctx: Context) -> None:
 def check_multi_turn_policy(ctx: Context) -> None:
     """Every assistant turn is trained (or only the last, if declared), no other message; also
     with pad == eos (S10, docs/specification.md#s10)."""
-    from sft_conformance.reference.masks import content_tokens
-
     policy = ctx.decl.turn_policy
 
     def prop(inputs):
@@ -176,8 +172,8 @@ def check_multi_turn_policy(ctx: Context) -> None:
                 continue  # S1's finding
             got = canonical_labels(batch, seg, labels_shifted=ctx.decl.labels_shifted)
             got += [IGNORE_INDEX] * (len(ex) - len(got))
-            full = build_example(conv, tok, policy="all", tokenization=ctx.decl.tokenization,
-                                 reasoning=ctx.decl.reasoning)
+            full = build_once(conv, tok, policy="all", tokenization=ctx.decl.tokenization,
+                              reasoning=ctx.decl.reasoning)
             turns = full.turns
             for k, span in enumerate(turns):
                 trained = any(got[t] != IGNORE_INDEX for t in range(span.start, span.stop))
@@ -201,8 +197,8 @@ def check_multi_turn_policy(ctx: Context) -> None:
                         pad_equals_eos=pad_eos,
                         row=seg.row,
                     )
-            whole = full if ctx.decl.tokenization == "whole" else build_example(conv, tok)
-            messages = content_tokens(conv, tok) if whole.input_ids == full.input_ids else []
+            whole = full if ctx.decl.tokenization == "whole" else build_once(conv, tok)
+            messages = content_once(conv, tok) if whole.input_ids == full.input_ids else []
             for j, positions in enumerate(messages):  # (per-turn ids: S3 judges the prompt)
                 if conv[j]["role"] == "assistant":
                     continue
