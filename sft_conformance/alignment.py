@@ -184,11 +184,11 @@ def locate_examples(batch: dict, expected_ids: list[list[int]], *, pad_id: int |
 
     ``droppable_tail[i]`` says that example ``i``'s last token is untrained template glue (the
     newline after the last end token) that a target may leave out: then the run without it
-    counts. Examples found nowhere are paired, in order, with rows that hold no found example
-    (their extent from the attention mask, else without the pad tokens at either end; the
-    documents of such a row, in order, where its position ids or document ids say it holds
-    several), so the checks can still show what differs; an example with no such row or
-    document gets None.
+    counts. Examples found nowhere are paired, in order, with what holds no found example: the
+    documents of a packed row (one whose position ids or document ids start a new document
+    between attended positions), else a whole row (its extent from the attention mask, else
+    without the pad tokens at either end), so the checks can still show what differs; an
+    example with no such document or row gets None.
     """
     rows = batch["input_ids"].tolist()
     order = sorted(range(len(expected_ids)), key=lambda i: -len(expected_ids[i]))
@@ -207,7 +207,8 @@ def locate_examples(batch: dict, expected_ids: list[list[int]], *, pad_id: int |
     # a row whose position ids or document ids restart between attended positions is packed:
     # its documents that hold no found example are paired with the examples found nowhere,
     # one each, in order (a gap in the attention mask alone, e.g. a pad id inside a message,
-    # splits no document); a row of one document that holds no found example is paired whole
+    # splits no document; pad tokens that restart their positions are no document); a row
+    # that is not packed and holds no found example is paired whole
     packed = {r for r in range(len(rows)) if _restarts(batch, r) > 0}
     documents: dict[int, list[Segment]] = {}
     if packed:
@@ -219,7 +220,7 @@ def locate_examples(batch: dict, expected_ids: list[list[int]], *, pad_id: int |
                 documents.setdefault(d.row, []).append(d)
     free: list = []
     for r in range(len(rows)):
-        if r in packed and (r in used_rows or len(documents.get(r, ())) > 1):
+        if r in packed:
             free += documents.get(r, [])
         elif r not in used_rows:
             free.append(r)

@@ -43,7 +43,7 @@ def test_a_packed_row_that_lost_a_document_still_reports_the_drop():
              "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
              "position_ids": torch.tensor([list(range(6)) + [0] * 4])}
     segs = locate_examples(batch, [EXPECTED, [11, 12, 13, 14]], pad_id=PAD)
-    assert segs[0] == Segment(0, 0, 10) and segs[1] is None  # one document: the whole row
+    assert segs[0] == Segment(0, 0, 6) and segs[1] is None  # the row's one document
     assert dropped_examples(batch, [_Example(EXPECTED), _Example([11, 12, 13, 14])], segs,
                             PAD) == [1]
 

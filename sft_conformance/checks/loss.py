@@ -3,6 +3,7 @@ parallelism (S7dp)."""
 
 from __future__ import annotations
 
+import collections
 import math
 
 import hypothesis.strategies as st
@@ -72,10 +73,51 @@ def compact_repro(table) -> str:
             "batch['labels'][keep] = torch.searchsorted(table, batch['labels'][keep])\n")
 
 
+#: the random logits kept once :func:`share_random_logits` is on: ``{(B, T, V, seed): tensor}``
+_SHARED_LOGITS: collections.OrderedDict | None = None
+_SHARED_BUDGET = 0
+
+
+def share_random_logits(budget_bytes: int | None = 512 * 2**20) -> None:
+    """From now on in this process, :func:`random_logits` hands out a copy of the logits it
+    drew before for the same shape and seed (at most ``budget_bytes`` kept, the oldest dropped
+    first; ``None`` turns it off and drops them).
+
+    Every row of ``mutants`` draws the same derandomized batches and seeds, and a float64 draw
+    of B x T x 4,096 numbers was a tenth of a ``mutants`` row on the bundled vocabulary. The
+    values are the same numbers (a copy of the first draw), so no verdict can change. Off by
+    default: a user's session keeps no tensors between checks; the ``mutants`` command turns
+    it on in its own processes."""
+    global _SHARED_LOGITS, _SHARED_BUDGET
+    if budget_bytes is None:
+        _SHARED_LOGITS, _SHARED_BUDGET = None, 0
+        return
+    if _SHARED_LOGITS is None:
+        _SHARED_LOGITS = collections.OrderedDict()
+    _SHARED_BUDGET = budget_bytes
+
+
 def random_logits(batch, vocab: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
+    """Float64 logits of the batch's shape over ``vocab`` columns, 3 x standard normal, from a
+    generator seeded with ``seed`` (a leaf that requires grad; the repro snippets say how to
+    draw them again)."""
     B, T = batch["input_ids"].shape
-    return (torch.randn(B, T, vocab, generator=g, dtype=torch.float64) * 3).requires_grad_()
+    key = (int(B), int(T), int(vocab), int(seed))
+    shared = _SHARED_LOGITS
+    if shared is not None and key in shared:
+        shared.move_to_end(key)
+        return shared[key].clone().requires_grad_()
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(B, T, vocab, generator=g, dtype=torch.float64).mul_(3)
+    if shared is not None:
+        size = logits.numel() * logits.element_size()
+        if size <= _SHARED_BUDGET:
+            shared[key] = logits.clone()  # the caller's copy may be changed in place
+            used = sum(t.numel() * t.element_size() for t in shared.values())
+            while used > _SHARED_BUDGET:
+                _, dropped = shared.popitem(last=False)
+                used -= dropped.numel() * dropped.element_size()
+    return logits.requires_grad_()
 
 
 def read_logits(logits: torch.Tensor, labels: list[list[int]], labels_shifted: bool) -> list:

@@ -40,8 +40,10 @@ def run_one(name: str, profile: str, tokenizer: str | None, only: list[str] | No
     not change (a check's judged count stops at its first failure, and the shrinker keeps the
     failure it started from), and shrinking was most of the time a mutant took. ``check
     NAME`` shows a minimal counterexample."""
+    from sft_conformance.checks.loss import share_random_logits
     from sft_conformance.runner import check_target
 
+    share_random_logits()  # this command's process: the rows draw the same batches and seeds
     run_ = check_target(name, profile=profile, tokenizer=tokenizer, only=only, shrink=False)
     for r in run_.results:
         r.counterexample = None
