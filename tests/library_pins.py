@@ -60,7 +60,9 @@ def compare(target: str, pins: dict, *, tokenizer: str | None = None) -> None:
         if isinstance(want, tuple) and isinstance(have, tuple):
             # the pinned first line is a prefix of the message's (a stable beginning); '*'
             # stands for a part that depends on the shrunk counterexample (an example index)
-            if want[:2] == have[:2] and fnmatch.fnmatchcase(have[2], want[2] + "*"):
+            # ('[' is literal: pinned messages quote lists such as 'roles_to_train: [a, b]')
+            if want[:2] == have[:2] and fnmatch.fnmatchcase(
+                    have[2], want[2].replace("[", "[[]") + "*"):
                 continue
         elif want == have:
             continue

@@ -15,19 +15,27 @@ NAMES = ("litgpt-sft-mask-prompt", "litgpt-sft-default")
 VERSION = "0.5.13"
 P, S = "passed", "skipped"
 
+# an answer that ends in the eos text loses it and gets no end token (litgpt.Tokenizer.encode,
+# confirmed below): found by the pinned special-string conversations since 0.2.0
+EOS_TEXT_S1 = ("failed", "check", "S1: example 0 (batch row 0): input ids differ from the chat "
+                                  "template's tokenization")
+EOS_TEXT_S4 = ("failed", "check", "S4: the end-of-turn token is not trained")
+
 PINNED = {
     "litgpt-sft-mask-prompt": {
-        "S1": P, "S2": P, "S3": P, "S4": P, "S5": P, "S6": S, "S7": S, "S8": S,
+        "S1": EOS_TEXT_S1, "S2": P, "S3": P, "S4": EOS_TEXT_S4, "S5": P, "S6": S, "S7": S,
+        "S8": S,
         # the prompt alone fills max_seq_length: the row keeps no trained token (confirmed below)
         "S9": ("failed", "check", "S9: a row of batch row 0 (positions 0..7) has no trained "
                                   "position after truncation to max_length=8"),
         "S10": S, "S11": P, "S12": P,
     },
     "litgpt-sft-default": {
-        "S1": P, "S2": P,
+        "S1": EOS_TEXT_S1, "S2": P,
         "S3": ("xfail", "declared", "known failure: litgpt.data.JSON defaults to "
                                     "mask_prompt=False"),
-        "S4": P, "S5": P, "S6": S, "S7": S, "S8": S, "S9": P, "S10": S, "S11": P, "S12": P,
+        "S4": EOS_TEXT_S4, "S5": P, "S6": S, "S7": S, "S8": S, "S9": P, "S10": S, "S11": P,
+        "S12": P,
     },
 }
 

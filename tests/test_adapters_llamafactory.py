@@ -23,8 +23,11 @@ HAVE = importlib.util.find_spec("llamafactory") is not None
 # an empty system message is not rendered (LLaMA-Factory formats the system slot only if set)
 S1_ROW = ("failed", "check", "S1: example 1 (batch row 1): input ids differ from the chat "
                              "template's tokenization")
-S1_PACKED = ("failed", "check", "S1: the input ids of example 1 appear nowhere in the batch")
-S3_PACKED = ("failed", "check", "S3: a token outside the assistant's turns is trained")
+# the packed document of the conversation with an empty system message (the data path writes
+# the default one) is paired with its place in the packed row since issue 24: S1 shows how its
+# ids differ, and S3 passes (it had read the shifted tokens against the template's layout)
+S1_PACKED = ("failed", "check", "S1: example 1 (batch row 0): input ids differ from the chat "
+                                "template's tokenization")
 
 
 def _shape_error(name, check):
@@ -38,7 +41,7 @@ PINNED = {
     "llamafactory-sft-mask-history": {"S1": S1_ROW, "S2": P, "S3": P, "S4": P, "S5": P,
                                       "S6": S, "S7": S, "S8": S, "S9": P, "S10": P, "S11": P,
                                       "S12": P},
-    **{name: {"S1": S1_PACKED, "S2": P, "S3": S3_PACKED, "S4": P, "S5": P, "S6": S, "S7": S,
+    **{name: {"S1": S1_PACKED, "S2": P, "S3": P, "S4": P, "S5": P, "S6": S, "S7": S,
               "S8": _shape_error(name, "S8"), "S9": _shape_error(name, "S9"), "S10": P,
               "S11": P, "S12": P}
        for name in ("llamafactory-sft-packing", "llamafactory-sft-neat-packing")},
@@ -104,10 +107,11 @@ AGENTIC_PINNED = {
         # the OpenAI converter writes 'detailed thinking off' into the system prompt
         "S1": ("failed", "check", "S1: example * (batch row *): input ids differ from the chat "
                                   "template's tokenization"),
-        "S3": P, "S4": P,
-        # consecutive assistant messages: 'Invalid role tag', the example is skipped
+        # consecutive assistant messages: 'Invalid role tag', the example is skipped (S3 and S4
+        # draw such a batch too since the derandomized draws are seeded by each check's own
+        # test function, d071f87)
         **{c: ("failed", "check", f"{c}: the target refused a batch that has tokens to train")
-           for c in ("S13", "S14", "S15")}},
+           for c in ("S3", "S4", "S13", "S14", "S15")}},
 }
 
 

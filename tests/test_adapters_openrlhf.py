@@ -24,7 +24,7 @@ S2_MERGE = ("failed", "check", "S2: an assistant token is not trained (or is tra
 PINNED = {
     "openrlhf-sft-multiturn": {
         # the last response's range runs one past the stripped text: the first pad is trained
-        "S1": ("failed", "check", "S1: example 1 (batch row 1) is followed by an extra trained "
+        "S1": ("failed", "check", "S1: example * (batch row *) is followed by an extra trained "
                                   "token"),
         "S2": S2_MERGE,
         # with the merge, an earlier turn's range shifts by one onto the next '<|im_start|>'
