@@ -41,6 +41,18 @@ def real_positions(batch: dict, row: int, expected_len: int | None = None) -> tu
     return 0, min(T, expected_len if expected_len is not None else T)
 
 
+def _document_starts(batch: dict, r: int) -> list[bool] | None:
+    """Whether each position of row ``r`` starts a document (its document id changes, its
+    position id does not grow); None without document ids and position ids."""
+    if "document_ids" in batch and isinstance(batch["document_ids"], torch.Tensor):
+        keys = batch["document_ids"][r].tolist()
+        return [t == 0 or keys[t] != keys[t - 1] for t in range(len(keys))]
+    if "position_ids" in batch:
+        pos = batch["position_ids"][r].tolist()
+        return [t == 0 or pos[t] <= pos[t - 1] for t in range(len(pos))]
+    return None
+
+
 def document_segments(batch: dict) -> list[Segment]:
     """Documents of a packed batch, split where position ids restart (or by document_ids)."""
     ids = batch["input_ids"]
@@ -48,14 +60,7 @@ def document_segments(batch: dict) -> list[Segment]:
     segs = []
     for r in range(ids.shape[0]):
         real = mask[r].bool() if mask is not None else torch.ones(ids.shape[1], dtype=torch.bool)
-        if "document_ids" in batch and isinstance(batch["document_ids"], torch.Tensor):
-            keys = batch["document_ids"][r].tolist()
-            restart = [t == 0 or keys[t] != keys[t - 1] for t in range(len(keys))]
-        elif "position_ids" in batch:
-            pos = batch["position_ids"][r].tolist()
-            restart = [t == 0 or pos[t] <= pos[t - 1] for t in range(len(pos))]
-        else:
-            restart = [t == 0 for t in range(ids.shape[1])]
+        restart = _document_starts(batch, r) or [t == 0 for t in range(ids.shape[1])]
         start = None
         for t in range(ids.shape[1] + 1):
             boundary = t == ids.shape[1] or restart[t] or not bool(real[t])
@@ -164,17 +169,13 @@ def _restarts(batch: dict, row: int) -> int:
     shaped = [batch.get(k) for k in ("document_ids", "position_ids")]
     if any(isinstance(x, torch.Tensor) and (x.dim() != 2 or row >= x.shape[0]) for x in shaped):
         return 0  # not one id per token and row (e.g. multimodal position ids): not read here
-    if isinstance(batch.get("document_ids"), torch.Tensor):
-        keys = batch["document_ids"][row].tolist()
-        new = [keys[t] != keys[t - 1] for t in range(1, len(keys))]
-    elif isinstance(batch.get("position_ids"), torch.Tensor):
-        pos = batch["position_ids"][row].tolist()
-        new = [pos[t] <= pos[t - 1] for t in range(1, len(pos))]
-    else:
+    if not isinstance(batch.get("document_ids"), torch.Tensor) and not isinstance(
+            batch.get("position_ids"), torch.Tensor):
         return 0
+    starts = _document_starts(batch, row)
     real = (mask[row].bool().tolist() if isinstance(mask, torch.Tensor) and mask.dim() == 2
-            else [True] * (len(new) + 1))
-    return sum(1 for t, n in enumerate(new, start=1) if n and real[t] and real[t - 1])
+            else [True] * len(starts))
+    return sum(1 for t in range(1, len(starts)) if starts[t] and real[t] and real[t - 1])
 
 
 def locate_examples(batch: dict, expected_ids: list[list[int]], *, pad_id: int | None,

@@ -263,6 +263,24 @@ def _tokenizer_identity(tok) -> tuple:
             hash(template) if isinstance(template, str) else repr(template))
 
 
+def _once(key: tuple, compute):
+    """``compute()`` once per process under ``key`` (kept in ``_BUILT``, the oldest dropped
+    first); raises as it did the first time."""
+    if key in _BUILT:
+        _BUILT.move_to_end(key)
+    else:
+        try:
+            _BUILT[key] = (True, compute())
+        except Exception as exc:
+            _BUILT[key] = (False, exc)
+        while len(_BUILT) > _BUILT_MAX:
+            _BUILT.popitem(last=False)
+    ok, value = _BUILT[key]
+    if not ok:
+        raise value
+    return value
+
+
 def content_once(conv, tok) -> list[list[int]]:
     """``content_tokens(conv, tok)`` once per process (it renders every prefix of the
     conversation), keyed as :func:`build_once`; read-only."""
@@ -270,15 +288,9 @@ def content_once(conv, tok) -> list[list[int]]:
 
     from sft_conformance.reference.masks import content_tokens
 
-    key = ("content_tokens", _tokenizer_identity(tok),
-           json.dumps(conv, sort_keys=True, default=str))
-    if key in _BUILT:
-        _BUILT.move_to_end(key)
-    else:
-        _BUILT[key] = (True, content_tokens(conv, tok))
-        while len(_BUILT) > _BUILT_MAX:
-            _BUILT.popitem(last=False)
-    return _BUILT[key][1]
+    return _once(("content_tokens", _tokenizer_identity(tok),
+                  json.dumps(conv, sort_keys=True, default=str)),
+                 lambda: content_tokens(conv, tok))
 
 
 def build_once(conv, tok, *, policy: str = "all", index: int = 0, tokenization: str = "whole",
@@ -291,21 +303,8 @@ def build_once(conv, tok, *, policy: str = "all", index: int = 0, tokenization: 
 
     key = (_tokenizer_identity(tok), policy, index, tokenization, reasoning,
            json.dumps(conv, sort_keys=True, default=str))
-    if key in _BUILT:
-        _BUILT.move_to_end(key)
-    else:
-        try:
-            _BUILT[key] = (True, build_example(conv, tok, policy=policy, index=index,
-                                               tokenization=tokenization,
-                                               reasoning=reasoning))
-        except Exception as exc:
-            _BUILT[key] = (False, exc)
-        while len(_BUILT) > _BUILT_MAX:
-            _BUILT.popitem(last=False)
-    ok, value = _BUILT[key]
-    if not ok:
-        raise value
-    return value
+    return _once(key, lambda: build_example(conv, tok, policy=policy, index=index,
+                                            tokenization=tokenization, reasoning=reasoning))
 
 
 def built(ctx, conv, tok):
