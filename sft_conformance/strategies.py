@@ -38,6 +38,12 @@ _UNICODE = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min
                    max_size=12)
 _LEFT = st.sampled_from(("", "", " ", "\n", "  "))
 _RIGHT = st.sampled_from(("", "", " ", "\n"))
+_BOOLEANS = st.booleans()
+
+
+@functools.cache
+def _integers(low: int, high: int):
+    return st.integers(low, high)
 
 
 @functools.cache
@@ -87,13 +93,13 @@ def conversations(draw, *, max_turns: int = 3, system: bool | None = None,
     """A conversation: optional system prompt, then 1..max_turns user/assistant exchanges."""
     content = _contents(adversarial, alphabet)
     messages = []
-    use_system = draw(st.booleans()) if system is None else system
+    use_system = draw(_BOOLEANS) if system is None else system
     if use_system and "system" in roles:
         messages.append({"role": "system", "content": draw(content)})
-    for _ in range(draw(st.integers(1, max_turns))):
+    for _ in range(draw(_integers(1, max_turns))):
         messages.append({"role": "user", "content": draw(content)})
         messages.append({"role": "assistant", "content": draw(content)})
-    if not end_with_assistant and draw(st.booleans()):
+    if not end_with_assistant and draw(_BOOLEANS):
         messages.append({"role": "user", "content": draw(content)})
     return messages
 
@@ -127,16 +133,25 @@ def lengths_around(max_length: int):
 
 _TOOL_NAMES = ("get_weather", "search", "calculator", "lookup_user", "send_email", "run_code")
 _ARG_NAMES = ("city", "query", "expression", "id", "to", "code", "limit")
+_ARG_VALUES = st.sampled_from(_WORDS[:12])
+_ARGUMENT_TYPES = st.sampled_from(["dict", "json"])
+_BESIDE = st.sampled_from(["empty", "none", "text"])
+_PARAMETERS = st.lists(st.sampled_from(_ARG_NAMES), min_size=1, max_size=2, unique=True)
+
+
+@functools.cache
+def _tool_names(min_size: int, max_size: int):
+    return st.lists(st.sampled_from(_TOOL_NAMES), min_size=min_size, max_size=max_size,
+                    unique=True)
 
 
 @st.composite
 def tool_schemas(draw, *, min_size: int = 1, max_size: int = 3) -> list[dict]:
     """Tool schemas as offered to the template (``tools=``): distinct names, 1-2 parameters."""
-    names = draw(st.lists(st.sampled_from(_TOOL_NAMES), min_size=min_size, max_size=max_size,
-                          unique=True))
+    names = draw(_tool_names(min_size, max_size))
     tools = []
     for name in names:
-        params = draw(st.lists(st.sampled_from(_ARG_NAMES), min_size=1, max_size=2, unique=True))
+        params = draw(_PARAMETERS)
         tools.append({"type": "function", "function": {
             "name": name, "description": f"{name.replace('_', ' ')} tool",
             "parameters": {"type": "object",
@@ -154,10 +169,10 @@ def tool_calls(draw, tools: list[dict], *, max_calls: int = 2,
     import json
 
     calls = []
-    for _ in range(draw(st.integers(1, max_calls))):
+    for _ in range(draw(_integers(1, max_calls))):
         fn = draw(st.sampled_from(tools))["function"]
-        args = {p: draw(st.sampled_from(_WORDS[:12])) for p in fn["parameters"]["properties"]}
-        if arguments == "json" or (arguments is None and draw(st.booleans())):
+        args = {p: draw(_ARG_VALUES) for p in fn["parameters"]["properties"]}
+        if arguments == "json" or (arguments is None and draw(_BOOLEANS)):
             args = json.dumps(args)
         calls.append({"type": "function", "function": {"name": fn["name"], "arguments": args}})
     return calls
@@ -196,26 +211,26 @@ def agentic_conversations(draw, *, max_rounds: int = 2, reasoning: bool = True,
     some, visible = _AGENTIC_SOME, _AGENTIC_VISIBLE
     tools = draw(tool_schemas())
     if arguments is None:
-        arguments = draw(st.sampled_from(["dict", "json"]))
+        arguments = draw(_ARGUMENT_TYPES)
     call_ids: list[str] = []
     messages = []
-    if (draw(st.booleans()) if system is None else system):
+    if (draw(_BOOLEANS) if system is None else system):
         messages.append({"role": "system", "content": draw(content)})
     messages.append({"role": "user", "content": draw(some)})
 
     def answer(**extra):
         m = {"role": "assistant", "content": draw(content)}
-        if reasoning and draw(st.booleans()):
+        if reasoning and draw(_BOOLEANS):
             m["reasoning_content"] = draw(visible)
         m.update(extra)
         return m
 
-    for _ in range(draw(st.integers(1, max_rounds))):
+    for _ in range(draw(_integers(1, max_rounds))):
         calls = draw(tool_calls(tools, arguments=arguments))
         for call in calls:  # ids as Mistral's template wants them: 9 alphanumerics
             call["id"] = f"call{len(messages):02d}{len(call_ids):03d}"
             call_ids.append(call["id"])
-        beside = draw(st.sampled_from(["empty", "none", "text"]))
+        beside = draw(_BESIDE)
         call_msg = answer(tool_calls=calls)
         call_msg["content"] = {"empty": "", "none": None,
                                "text": call_msg["content"] or "let me check"}[beside]
@@ -224,9 +239,9 @@ def agentic_conversations(draw, *, max_rounds: int = 2, reasoning: bool = True,
             messages.append({"role": "tool", "content": draw(content),
                              "name": call["function"]["name"], "tool_call_id": call["id"]})
     messages.append(answer())
-    if consecutive_assistant and draw(st.integers(0, 4)) == 0:
+    if consecutive_assistant and draw(_integers(0, 4)) == 0:
         messages.append(answer())
-    if (draw(st.booleans()) if follow_up is None else follow_up):
+    if (draw(_BOOLEANS) if follow_up is None else follow_up):
         messages.append({"role": "user", "content": draw(some)})
         messages.append(answer())
     return {"messages": messages, "tools": tools}

@@ -446,17 +446,19 @@ def load_tokenizer(name: str = "chatml", *, pad_equals_eos: bool = False):
 
     from .families import FAMILIES
 
+    from .shared import sharing_renderings
+
     if name in FAMILIES:
         from .families import load
 
-        return load(name, pad_equals_eos=pad_equals_eos)
+        return sharing_renderings(load(name, pad_equals_eos=pad_equals_eos))
     if name not in TEMPLATES:
         path = Path(name)
         if path.is_dir():
             tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
             if pad_equals_eos:
                 tok.pad_token = tok.eos_token
-            return tok
+            return sharing_renderings(tok)
         raise ValueError(
             f"unknown tokenizer {name!r}: expected one of {', '.join(tokenizer_names())} "
             "or the path of a local tokenizer directory"
@@ -483,7 +485,7 @@ def load_tokenizer(name: str = "chatml", *, pad_equals_eos: bool = False):
     if spec.bos_token is not None:
         _add_bos_on_encode(tok, spec.bos_token)
     tok.name_or_path = f"sft-conformance/{name}" + ("+pad=eos" if pad_equals_eos else "")
-    return tok
+    return sharing_renderings(tok)
 
 
 def _add_bos_on_encode(tok, bos: str) -> None:
@@ -661,4 +663,6 @@ def tiny_model(tokenizer, *, seed: int = 0, hidden_size: int = 64, num_layers: i
         table = _folded_embedding_class()(vocab, hidden_size)
         table.weight.data.copy_(model.model.embed_tokens.weight.data)
         model.model.embed_tokens = table
-    return model.float().eval()
+    from .shared import sharing_model_outputs
+
+    return sharing_model_outputs(model.float().eval(), (config.to_json_string(), seed, folded))

@@ -88,13 +88,44 @@ def share_random_logits(budget_bytes: int | None = 512 * 2**20) -> None:
     values are the same numbers (a copy of the first draw), so no verdict can change. Off by
     default: a user's session keeps no tensors between checks; the ``mutants`` command turns
     it on in its own processes."""
-    global _SHARED_LOGITS, _SHARED_BUDGET
+    global _SHARED_LOGITS, _SHARED_BUDGET, _SHARED_ORACLE
     if budget_bytes is None:
-        _SHARED_LOGITS, _SHARED_BUDGET = None, 0
+        _SHARED_LOGITS, _SHARED_BUDGET, _SHARED_ORACLE = None, 0, None
         return
     if _SHARED_LOGITS is None:
         _SHARED_LOGITS = collections.OrderedDict()
+        _SHARED_ORACLE = collections.OrderedDict()
     _SHARED_BUDGET = budget_bytes
+
+
+#: the oracle's loss on shared random logits, while they are shared:
+#: ``{(B, T, V, seed, labels_shifted, labels): loss}``, at most ``_SHARED_ORACLE_MAX`` kept
+_SHARED_ORACLE: collections.OrderedDict | None = None
+_SHARED_ORACLE_MAX = 65536
+
+
+def oracle_on_random(logits, labels: list[list[int]], labels_shifted: bool, seed: int):
+    """``oracle_loss`` on ``logits`` (drawn by :func:`random_logits` with ``seed``) and
+    ``labels``; while random logits are shared, the same loss for the same shape, seed and
+    labels is computed once (the logits are the same numbers, so is the loss; logits a
+    target's loss changed in place are read anew)."""
+    shared = _SHARED_ORACLE
+    key = None
+    drawn = None if _SHARED_LOGITS is None else _SHARED_LOGITS.get((*logits.shape, int(seed)))
+    if drawn is None or not torch.equal(drawn, logits.detach()):
+        shared = None  # not the shared draw, or changed in place by the target's loss
+    if shared is not None:
+        key = (*logits.shape, int(seed), bool(labels_shifted), tuple(map(tuple, labels)))
+        if key in shared:
+            shared.move_to_end(key)
+            return shared[key]
+    want = oracle_loss(read_logits(logits, labels, labels_shifted), labels,
+                       labels_shifted=labels_shifted)
+    if shared is not None:
+        shared[key] = want
+        while len(shared) > _SHARED_ORACLE_MAX:
+            shared.popitem(last=False)
+    return want
 
 
 def random_logits(batch, vocab: int, seed: int) -> torch.Tensor:
@@ -151,8 +182,7 @@ def check_loss_equals_oracle(ctx: Context) -> None:
         logits = random_logits(batch, columns, seed)
         got = ctx.loss(logits, batch["labels"])
         labels = batch["labels"].tolist()
-        want = oracle_loss(read_logits(logits, labels, ctx.decl.labels_shifted), labels,
-                           labels_shifted=ctx.decl.labels_shifted)
+        want = oracle_on_random(logits, labels, ctx.decl.labels_shifted, seed)
         if want is None:
             return
         value = float(got.detach())

@@ -40,10 +40,14 @@ def run_one(name: str, profile: str, tokenizer: str | None, only: list[str] | No
     not change (a check's judged count stops at its first failure, and the shrinker keeps the
     failure it started from), and shrinking was most of the time a mutant took. ``check
     NAME`` shows a minimal counterexample."""
+    from sft_conformance.assets import shared
     from sft_conformance.checks.loss import share_random_logits
     from sft_conformance.runner import check_target
 
-    share_random_logits()  # this command's process: the rows draw the same batches and seeds
+    # this command's process, our own targets only: the rows draw the same batches and seeds,
+    # render the same conversations and run the same batches through the same check model
+    share_random_logits()
+    shared.share()
     run_ = check_target(name, profile=profile, tokenizer=tokenizer, only=only, shrink=False)
     for r in run_.results:
         r.counterexample = None
@@ -112,12 +116,24 @@ def _run_all(args, known: list[str]) -> dict:
         jobs = parallel.auto_jobs(len(items)) if jobs is None else jobs
         # the correct targets pass every check (the longest rows): workers take them first
         first = sorted(range(len(items)), key=lambda i: keys[i][1] != "correct")
-        for i, run_ in parallel.run_rows(run_one, items, jobs=jobs, first=first):
-            t, kind, name = keys[i]
-            runs[(t, name)] = run_
-            bar.echo(_line(kind, name, items[i][2], run_))
-            bar.update()
+        try:
+            for i, run_ in parallel.run_rows(run_one, items, jobs=jobs, first=first):
+                t, kind, name = keys[i]
+                runs[(t, name)] = run_
+                bar.echo(_line(kind, name, items[i][2], run_))
+                bar.update()
+        finally:
+            _stop_sharing()  # rows run in this process (-j 1) shared; what runs next does not
     return {"plans": plans, "runs": runs, "jobs": jobs}
+
+
+def _stop_sharing() -> None:
+    """Turn off what :func:`run_one` turned on in this process, and drop what it kept."""
+    from sft_conformance.assets import shared
+    from sft_conformance.checks.loss import share_random_logits
+
+    share_random_logits(None)
+    shared.share(None, None)
 
 
 def _judged(run_, check_id):
