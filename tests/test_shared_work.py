@@ -110,3 +110,33 @@ def test_an_in_process_mutants_run_leaves_nothing_shared(capsys):
                  "--no-progress"]) == 0
     assert shared.stats() == {}
     assert loss_checks._SHARED_LOGITS is None and loss_checks._SHARED_ORACLE is None
+
+
+def _verdicts(run_):
+    return [(r.id, r.status, r.judged, r.message) for r in run_.results]
+
+
+def test_replayed_check_runs_are_the_hypothesis_runs():
+    """A kept passing run replayed for another target with the same declarations gives the
+    same verdicts and judged counts; a target whose draw comes out otherwise (a mutant caught
+    on it) falls back to Hypothesis and gets exactly the run it gets without replays."""
+    from sft_conformance.checks import engine
+    from sft_conformance.runner import check_target
+
+    only = ["S2", "S3", "S6"]
+    plain = {name: _verdicts(check_target(name, profile="ci", only=only, shrink=False))
+             for name in ("reference", "mutant-off-by-one-early", "mutant-user-turns-trained")}
+    assert engine._TRACES is None
+    engine.share_traces()
+    try:
+        before = list(engine._REPLAYS)
+        for name in ("reference", "reference", "mutant-off-by-one-early",
+                     "mutant-user-turns-trained"):
+            got = _verdicts(check_target(name, profile="ci", only=only, shrink=False))
+            assert got == plain[name], name
+        replayed, diverged = (engine._REPLAYS[0] - before[0], engine._REPLAYS[1] - before[1])
+        assert replayed >= 3  # the second reference run: every check replayed
+        assert diverged >= 1  # a caught check came out otherwise on a kept input
+    finally:
+        engine.share_traces(False)
+    assert engine._TRACES is None

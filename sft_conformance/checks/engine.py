@@ -7,7 +7,7 @@ import collections
 
 import hypothesis.strategies as st
 from hypothesis import HealthCheck, Phase, Verbosity, assume, example, given, settings
-from hypothesis.errors import Unsatisfiable
+from hypothesis.errors import Unsatisfiable, UnsatisfiedAssumption
 
 from sft_conformance.reference import (
     build_example,
@@ -96,13 +96,26 @@ def run_property(ctx: Context, strategy, prop, *, pinned=(), budget: float = 1.0
 
     pinned = list(pinned)
     judge = prop
+    phases = base.phases if ctx.shrink else tuple(p for p in base.phases if p != Phase.shrink)
+    key = _trace_key(ctx, strategy, pinned, max_examples, phases)
+    trace = None if key is None else []
 
     def prop(inputs):
         # only drawn inputs may be served from chunk calls (sft_conformance.batch_judging):
         # the pinned ones, like the special strings, reach the target as the batch they are
         ctx.drawing = not any(inputs is p or inputs == p for p in pinned)
+        entry = None
+        if trace is not None:
+            entry = [_copy(inputs), "raised"]
+            trace.append(entry)
         try:
             judge(inputs)
+            if entry is not None:
+                entry[1] = "judged"
+        except UnsatisfiedAssumption:
+            if entry is not None:
+                entry[1] = "rejected"
+            raise
         except TargetRaised:
             # a refusal ends the search like a failure: the refused draw is judged once, and
             # the shrinker's later attempts are not counted (as ``test`` does for a failure)
@@ -133,10 +146,13 @@ def run_property(ctx: Context, strategy, prop, *, pinned=(), budget: float = 1.0
         if not ctx.failed:
             ctx.judged += 1
 
+    if key is not None and key in _TRACES:
+        if _replay(ctx, test, _TRACES[key]):
+            return
+        trace.clear()  # what the replay recorded: the run below records its own calls
     test = given(strategy)(test)
     for value in reversed(list(pinned)):
         test = example(value)(test)
-    phases = base.phases if ctx.shrink else tuple(p for p in base.phases if p != Phase.shrink)
     try:
         settings(
             parent=base,
@@ -151,6 +167,91 @@ def run_property(ctx: Context, strategy, prop, *, pinned=(), budget: float = 1.0
         )(test)()
     except Unsatisfiable:
         pass  # nothing judged: the floor reports it with the reasons
+    if trace is not None and not ctx.failed and all(o != "raised" for _, o in trace):
+        _TRACES[key] = trace
+        while len(_TRACES) > _TRACES_MAX:
+            _TRACES.popitem(last=False)
+
+
+# -- the draws of a passing run, shared between the rows of ``mutants`` --------------------------
+
+#: while on (:func:`share_traces`): ``{key: [(inputs, "judged" | "rejected"), ...]}``, the calls
+#: Hypothesis made in a check run that ended without a failure, in order
+_TRACES: collections.OrderedDict | None = None
+_TRACES_MAX = 4096
+#: replays of this process: [ended as kept, came out otherwise]
+_REPLAYS = [0, 0]
+
+
+def share_traces(on: bool = True) -> None:
+    """From now on in this process (``on``), a check run that ends without a failure keeps the
+    inputs Hypothesis gave its property, in order, with which were judged and which rejected;
+    a later run of the same check with the same strategy, settings, declarations (the target's
+    name aside), tokenizer and ``max_length`` gives its property those inputs first, and ends
+    there when every one comes out as before (``off``: drop them).
+
+    Under a derandomized profile Hypothesis' next input depends only on the strategy, the
+    settings and how the earlier ones came out (the premise of batch judging): a run whose
+    calls come out as the kept run's did is that run, call for call, so its judged count,
+    rejections and verdict are the same. The first call that comes out otherwise (a failure, a
+    refusal, another rejection) undoes what the replay counted and the check runs under
+    Hypothesis as it always does. Off by default: the ``mutants`` command turns it on in its
+    own processes, whose rows are our own targets drawn with the same seeds."""
+    global _TRACES
+    if not on:
+        _TRACES = None
+    elif _TRACES is None:
+        _TRACES = collections.OrderedDict()
+
+
+def _copy(inputs):
+    import copy
+
+    return copy.deepcopy(inputs)
+
+
+def _trace_key(ctx, strategy, pinned, max_examples, phases):
+    """What decides the inputs of a check run, or None while traces are not kept."""
+    if _TRACES is None:
+        return None
+    import dataclasses
+    import json
+
+    declared = dataclasses.replace(ctx.decl, name="", description="", install_hint="")
+    try:
+        pins = json.dumps(pinned, sort_keys=True, default=repr)
+    except (TypeError, ValueError):
+        return None
+    return (ctx.check_id, repr(strategy), repr(declared), _tokenizer_identity(ctx.tokenizer()),
+            ctx.tokenizer_name, ctx.max_length, ctx.profile, max_examples, tuple(phases), pins,
+            bool(getattr(ctx.target, "multi_turn", True)),
+            bool(getattr(ctx.target, "system_prompt", True)),
+            bool(getattr(ctx.target, "tools", False)))
+
+
+def _replay(ctx, test, trace) -> bool:
+    """Give ``test`` the kept inputs in order; True when each came out as it did (the run is
+    done), else False with the context as it was before (the caller runs Hypothesis)."""
+    saved = (ctx.judged, ctx.failed, dict(ctx.rejections), list(ctx.notes), ctx.serve_closed,
+             ctx.last_inputs, ctx.drawing)
+    for inputs, outcome in trace:
+        try:
+            test(_copy(inputs))
+            got = "judged"
+        except UnsatisfiedAssumption:
+            got = "rejected"
+        except Exception:
+            got = "raised"
+        if got != outcome:
+            (ctx.judged, ctx.failed, rejections, notes, ctx.serve_closed, ctx.last_inputs,
+             ctx.drawing) = saved
+            ctx.rejections.clear()
+            ctx.rejections.update(rejections)
+            ctx.notes[:] = notes
+            _REPLAYS[1] += 1
+            return False
+    _REPLAYS[0] += 1
+    return True
 
 
 def _judge_once(ctx, prop, inputs) -> bool:

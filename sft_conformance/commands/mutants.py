@@ -41,6 +41,7 @@ def run_one(name: str, profile: str, tokenizer: str | None, only: list[str] | No
     failure it started from), and shrinking was most of the time a mutant took. ``check
     NAME`` shows a minimal counterexample."""
     from sft_conformance.assets import shared
+    from sft_conformance.checks.engine import share_traces
     from sft_conformance.checks.loss import share_random_logits
     from sft_conformance.runner import check_target
 
@@ -48,6 +49,7 @@ def run_one(name: str, profile: str, tokenizer: str | None, only: list[str] | No
     # render the same conversations and run the same batches through the same check model
     share_random_logits()
     shared.share()
+    share_traces()
     run_ = check_target(name, profile=profile, tokenizer=tokenizer, only=only, shrink=False)
     for r in run_.results:
         r.counterexample = None
@@ -130,10 +132,12 @@ def _run_all(args, known: list[str]) -> dict:
 def _stop_sharing() -> None:
     """Turn off what :func:`run_one` turned on in this process, and drop what it kept."""
     from sft_conformance.assets import shared
+    from sft_conformance.checks.engine import share_traces
     from sft_conformance.checks.loss import share_random_logits
 
     share_random_logits(None)
     shared.share(None, None)
+    share_traces(False)
 
 
 def _judged(run_, check_id):
