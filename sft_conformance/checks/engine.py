@@ -4,6 +4,7 @@ Hypothesis profiles, passed explicitly."""
 from __future__ import annotations
 
 import collections
+import copy
 
 import hypothesis.strategies as st
 from hypothesis import HealthCheck, Phase, Verbosity, assume, example, given, settings
@@ -98,7 +99,7 @@ def run_property(ctx: Context, strategy, prop, *, pinned=(), budget: float = 1.0
     judge = prop
     phases = base.phases if ctx.shrink else tuple(p for p in base.phases if p != Phase.shrink)
     key = _trace_key(ctx, strategy, pinned, max_examples, phases)
-    trace = None if key is None else []
+    trace = None  # the calls of this run, kept from the Hypothesis run below (if key)
 
     def prop(inputs):
         # only drawn inputs may be served from chunk calls (sft_conformance.batch_judging):
@@ -106,7 +107,7 @@ def run_property(ctx: Context, strategy, prop, *, pinned=(), budget: float = 1.0
         ctx.drawing = not any(inputs is p or inputs == p for p in pinned)
         entry = None
         if trace is not None:
-            entry = [_copy(inputs), "raised"]
+            entry = [copy.deepcopy(inputs), "raised"]
             trace.append(entry)
         try:
             judge(inputs)
@@ -146,10 +147,9 @@ def run_property(ctx: Context, strategy, prop, *, pinned=(), budget: float = 1.0
         if not ctx.failed:
             ctx.judged += 1
 
-    if key is not None and key in _TRACES:
-        if _replay(ctx, test, _TRACES[key]):
-            return
-        trace.clear()  # what the replay recorded: the run below records its own calls
+    if key is not None and key in _TRACES and _replay(ctx, test, _TRACES[key]):
+        return
+    trace = None if key is None else []
     test = given(strategy)(test)
     for value in reversed(list(pinned)):
         test = example(value)(test)
@@ -204,12 +204,6 @@ def share_traces(on: bool = True) -> None:
         _TRACES = collections.OrderedDict()
 
 
-def _copy(inputs):
-    import copy
-
-    return copy.deepcopy(inputs)
-
-
 def _trace_key(ctx, strategy, pinned, max_examples, phases):
     """What decides the inputs of a check run, or None while traces are not kept."""
     if _TRACES is None:
@@ -236,7 +230,7 @@ def _replay(ctx, test, trace) -> bool:
              ctx.last_inputs, ctx.drawing)
     for inputs, outcome in trace:
         try:
-            test(_copy(inputs))
+            test(copy.deepcopy(inputs))
             got = "judged"
         except UnsatisfiedAssumption:
             got = "rejected"
@@ -312,7 +306,6 @@ def agentic_inputs(ctx: Context, tok) -> list:
     batch = [c for c in (WEATHER, PARALLEL, REASONING, REASONING_FOLLOW_UP)
              if (getattr(ctx.target, "multi_turn", True)
                  or c not in (PARALLEL, REASONING_FOLLOW_UP)) and renders(c)]
-    import copy
 
     batch = copy.deepcopy(batch)
     if batch and fits(ctx, batch, tok):
