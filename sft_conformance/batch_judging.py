@@ -109,8 +109,10 @@ class _Expected:
                 "attention_mask": torch.tensor(mask, dtype=torch.long)}
 
 
-def record(ctx, checks) -> list:
-    """The ``collate`` calls the label-level ``checks`` make on a target that passes them."""
+def record(ctx, checks, keep_going=None) -> list:
+    """The ``collate`` calls the label-level ``checks`` make on a target that passes them.
+    ``keep_going(calls)``, asked after each check, may end the recording early (False): then
+    the calls recorded so far are returned."""
     from .failures import CheckFailure, CheckSkipped
 
     stand_in = _Expected(ctx, ctx.target)
@@ -130,7 +132,51 @@ def record(ctx, checks) -> list:
             pass  # a declaration the stand-in does not follow: later draws are asked directly
         except Exception:
             pass
+        if keep_going is not None and not keep_going(stand_in.calls):
+            break
     return stand_in.calls
+
+
+def first_chunk(calls):
+    """``(tokenizer, max_length, conversations)`` of the first chunk call :func:`prepare` makes
+    on these calls, once they fix it (:data:`CHUNK` distinct conversations of the first call's
+    tokenizer and ``max_length``: calls recorded later only add chunks after it); else None."""
+    if not calls:
+        return None
+    tok, max_length = calls[0][1], calls[0][2]
+    unique: dict = {}
+    for convs, t, m in calls:
+        if id(t) == id(tok) and m == max_length:
+            for c in convs:
+                unique.setdefault(repr(c), c)
+                if len(unique) == CHUNK:
+                    return tok, max_length, list(unique.values())
+    return None
+
+
+def record_and_prepare(ctx, inner, checks) -> dict:
+    """:func:`record` then :func:`prepare`, giving up as soon as the first chunk call comes back
+    with no clean row (the target refused it, packs its rows, or re-tokenizes): such a target
+    is asked for every batch itself, and recording the remaining checks' calls would be time
+    lost (a TRL row on qwen2.5 lost 3 s to it). The chunk calls are those :func:`prepare` makes
+    on the full recording, the first one made once."""
+    tried: dict = {}
+
+    def keep_going(calls) -> bool:
+        if tried:
+            return True
+        chunk = first_chunk(calls)
+        if chunk is None:
+            return True
+        tok, max_length, convs = chunk
+        tried["rows"] = chunk_rows(ctx, inner, convs, tok, max_length)
+        tried["key"] = (id(tok), max_length, 0)
+        return bool(tried["rows"])
+
+    calls = record(ctx, checks, keep_going)
+    if tried and not tried["rows"]:
+        return {}
+    return prepare(ctx, inner, calls, done={tried["key"]: tried["rows"]} if tried else None)
 
 
 def _row_content(batch, r, pad_id):
@@ -196,9 +242,10 @@ def chunk_rows(ctx, inner, convs, tok, max_length) -> dict:
     return out
 
 
-def prepare(ctx, inner, calls) -> dict:
+def prepare(ctx, inner, calls, done: dict | None = None) -> dict:
     """``{call key: batch}``: each recorded call whose conversations all have clean rows in
-    the chunk calls, cut from them."""
+    the chunk calls, cut from them. ``done``: ``{(id(tokenizer), max_length, start): rows}``
+    of chunk calls already made (:func:`record_and_prepare`)."""
     groups: dict = {}
     for convs, tok, max_length in calls:
         g = groups.setdefault((id(tok), max_length), (tok, max_length, {}))
@@ -208,8 +255,10 @@ def prepare(ctx, inner, calls) -> dict:
     for (tid, max_length), (tok, _, unique) in groups.items():
         convs = list(unique.values())
         for k in range(0, len(convs), CHUNK):
-            for key, where in chunk_rows(ctx, inner, convs[k:k + CHUNK], tok,
-                                         max_length).items():
+            made = (done or {}).get((tid, max_length, k))
+            if made is None:
+                made = chunk_rows(ctx, inner, convs[k:k + CHUNK], tok, max_length)
+            for key, where in made.items():
                 rows[(tid, max_length, key)] = where
     served = {}
     for convs, tok, max_length in calls:

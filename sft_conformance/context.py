@@ -14,14 +14,37 @@ from .target import Declared, TargetError
 REQUIRED_KEYS = ("input_ids", "labels")
 
 
+#: how many of the innermost frames of a target's exception are kept (see TargetRaised)
+KEPT_FRAMES = 4
+
+
 class TargetRaised(Exception):
-    """The target raised inside one of its own methods; carries the call and the traceback."""
+    """The target raised inside one of its own methods; carries the call and the exception.
+
+    The exception keeps the innermost :data:`KEPT_FRAMES` frames of its traceback (where it
+    was raised), not the whole way down from the check: a refusal is reported by its type and
+    message, and Hypothesis tells one failure from another by the innermost frame, but it walks
+    every failing draw's traceback chain several times over, and a library's chain through a
+    trainer's constructor and a datasets map costs milliseconds per walk (seconds per check
+    that shrinks a refusal)."""
 
     def __init__(self, where: str, exc: BaseException):
         self.where = where
         self.original = exc
+        _keep_innermost(exc, KEPT_FRAMES)
         tb = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         super().__init__(f"the target raised inside {where}: {tb}")
+
+
+def _keep_innermost(exc: BaseException, frames: int) -> None:
+    """Cut ``exc``'s traceback to its innermost ``frames`` entries."""
+    chain = []
+    tb = exc.__traceback__
+    while tb is not None:
+        chain.append(tb)
+        tb = tb.tb_next
+    if len(chain) > frames:
+        exc.__traceback__ = chain[-frames]
 
 
 @dataclass

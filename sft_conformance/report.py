@@ -80,20 +80,29 @@ def run_row(spec, profile="ci", tokenizer=None, only: list[str] | None = None) -
     """One row of the matrix: every check (or the ``only`` ones) on ``spec``, with the hand-loop
     re-run of S5 and S8 for a target with a ``forward``, the library warnings it raised and its
     seconds, as the JSON entry of the report (a worker process of ``report -j N`` runs this)."""
-    from .runner import check_target
+    from .errors import ConfigurationError
+    from .runner import RunShare, check_target
     from .target import declared, load_target
 
     t0 = time.perf_counter()
     with library_warnings.captured() as seen:  # summarised once per row, not per call
-        run = check_target(spec, profile=profile, tokenizer=tokenizer, only=only)
+        try:
+            target = load_target(spec)
+        except ConfigurationError:
+            target = spec  # check_target says why, as the row's error
+        # the hand-loop re-run asks the same target object for the same batches: it goes on
+        # from this run's tokenizers and collate memo (the calls are made once per row)
+        share = RunShare()
+        run = check_target(target, profile=profile, tokenizer=tokenizer, only=only,
+                           spec=spec if isinstance(spec, str) else None, share=share)
         entry = run.to_json()
         entry["convention"] = "target.forward (the library's trainer call)"
         if run.error is None and (only is None or {"S5", "S8"} & set(only)):
-            obj = load_target(spec)
+            obj = target
             d = declared(obj)
             if d.has_forward and not d.missing:
                 hand = check_target(HandLoop(obj), profile=profile, tokenizer=tokenizer,
-                                    only=["S5", "S8"], spec=spec)
+                                    only=["S5", "S8"], spec=spec, share=share)
                 entry["hand_loop"] = [r.to_json() for r in hand.results]
             else:
                 entry["convention"] = ("model(input_ids, attention_mask, position_ids), "

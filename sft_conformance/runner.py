@@ -99,15 +99,17 @@ def effective_tokenizer(requested: str | None, declared_name: str) -> str:
 def make_context(target, *, spec: str = "", tokenizer: str | None = None,
                  profile: str | None = None, shrink: bool = True,
                  distributed: bool = False, strict: bool = False,
-                 max_length: int | None = None) -> Context:
+                 max_length: int | None = None, share: RunShare | None = None) -> Context:
     decl = declared(target)
     name = profiles.resolve(profile)
-    return Context(target=target, decl=decl,
-                   tokenizer_name=effective_tokenizer(tokenizer, decl.tokenizer),
+    tokenizer_name = effective_tokenizer(tokenizer, decl.tokenizer)
+    return Context(target=target, decl=decl, tokenizer_name=tokenizer_name,
                    spec=spec or decl.name, profile=name, shrink=shrink,
                    distributed=distributed, strict=strict,
                    **({"max_length": max_length, "max_length_given": True}
-                      if max_length else {}))
+                      if max_length else {}),
+                   **({"_tokenizers": share.tokenizers.setdefault(tokenizer_name, {})}
+                      if share is not None else {}))
 
 
 def _check_keys(check: Check) -> set[str]:
@@ -170,13 +172,15 @@ def preflight(ctx: Context) -> None:
 def iter_checks(target, *, spec: str = "", tokenizer: str | None = None,
                 profile: str | None = None, only: list[str] | None = None,
                 shrink: bool = True, distributed: bool = False, strict: bool = False,
-                max_length: int | None = None) -> Iterator[tuple[Context, Check]]:
+                max_length: int | None = None,
+                share: RunShare | None = None) -> Iterator[tuple[Context, Check]]:
     """The generator both entry points share: (context, check) for every selected check.
     Configuration errors (unknown check, profile or tokenizer, broken options) raise
     ConfigurationError before the first pair is yielded."""
     checks = select_checks(only)
     ctx = make_context(target, spec=spec, tokenizer=tokenizer, profile=profile, shrink=shrink,
-                       distributed=distributed, strict=strict, max_length=max_length)
+                       distributed=distributed, strict=strict, max_length=max_length,
+                       share=share)
     preflight(ctx)
     adapt_max_length(ctx)
     for check in checks:
@@ -334,13 +338,19 @@ class CollateOnce:
     """A target whose identical ``collate`` calls are made once per run of the checks: the
     same conversations, the same tokenizer object (in the same state) and the same
     ``max_length`` give a deep copy of the batch the first call returned (no check can mutate
-    another's input). A call that raises is not remembered. Everything else is the target's.
+    another's input). A call that raised raises again, without reaching the target: a copy of
+    its exception (same type, message and cause) on its own traceback, so the innermost frame,
+    where Hypothesis tells one failure from another, is the target's own (a shrink tries the
+    same refused batch many times over, across checks). An exception that cannot be copied is
+    not remembered. Everything else is the target's.
 
-    ``calls``: the calls the checks made; ``made``: those that reached the target."""
+    ``store``: the memo of an earlier run of the same target object to go on from
+    (:class:`RunShare`). ``calls``: the calls the checks made; ``made``: those that reached the
+    target."""
 
-    def __init__(self, inner):
+    def __init__(self, inner, store: dict | None = None):
         object.__setattr__(self, "_inner", inner)
-        object.__setattr__(self, "_memo", {})
+        object.__setattr__(self, "_memo", {} if store is None else store)
         object.__setattr__(self, "calls", 0)
         object.__setattr__(self, "made", 0)
         # batch judging (sft_conformance.batch_judging): batches cut from chunk calls, served
@@ -378,15 +388,67 @@ class CollateOnce:
                 return copy.deepcopy(cut[1])
         hit = self._memo.get(key) if key is not None else None
         if hit is not None and hit[0] is tokenizer:
+            if isinstance(hit[1], _Raised):
+                raise hit[1].again()
             return copy.deepcopy(hit[1])
         object.__setattr__(self, "made", self.made + 1)
-        batch = self._inner.collate(conversations, tokenizer, max_length)
+        try:
+            batch = self._inner.collate(conversations, tokenizer, max_length)
+        except Exception as exc:
+            if key is not None and _Raised.copyable(exc):
+                self._memo[key] = (tokenizer, _Raised(exc))
+            raise
         if key is not None:
             try:  # the tokenizer is held, so its id is not reused by another object
                 self._memo[key] = (tokenizer, copy.deepcopy(batch))
             except Exception:  # a batch that cannot be copied is not remembered
                 pass
         return batch
+
+
+class _Raised:
+    """What a remembered ``collate`` call raised (:class:`CollateOnce`)."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: Exception):
+        self.exc = exc
+
+    @staticmethod
+    def _copy(exc: Exception) -> Exception:
+        import copy
+
+        new = copy.copy(exc)
+        if type(new) is not type(exc) or new.args != exc.args:
+            raise TypeError("not a faithful copy")
+        new.__cause__, new.__context__ = exc.__cause__, exc.__context__
+        new.__suppress_context__ = exc.__suppress_context__
+        return new
+
+    @classmethod
+    def copyable(cls, exc: Exception) -> bool:
+        try:
+            cls._copy(exc)
+        except Exception:  # a constructor that does not take its own args: not remembered
+            return False
+        return True
+
+    def again(self) -> Exception:
+        """A new exception like the remembered one, on the remembered traceback (re-raising the
+        one object would grow its traceback with every call)."""
+        return self._copy(self.exc).with_traceback(self.exc.__traceback__)
+
+
+@dataclass
+class RunShare:
+    """What successive runs of the checks on **one target object** in one process share (a
+    report row and its hand-loop re-run of S5 and S8, sft_conformance.report.run_row): the
+    tokenizer objects each tokenizer name loaded to, and the collate memo, so a batch the first
+    run asked for is not asked of the target again. Only for runs whose targets' ``collate`` is
+    that one object's."""
+
+    tokenizers: dict = field(default_factory=dict)  # tokenizer name -> Context._tokenizers
+    collates: dict = field(default_factory=dict)  # the CollateOnce store
 
 
 def collate_once_default() -> bool:
@@ -401,7 +463,8 @@ def check_target(target, *, tokenizer: str | None = None, profile: str | None = 
                  shrink: bool = True, distributed: bool = False, strict: bool = False,
                  max_length: int | None = None,
                  collate_once: bool | None = None,
-                 batch_judging: bool | None = None) -> TargetRun:
+                 batch_judging: bool | None = None,
+                 share: RunShare | None = None) -> TargetRun:
     """Run every check on ``target`` (an object, a built-in name or ``module:attr``).
 
     ``shrink=False`` reports the first counterexample found instead of a minimal one (faster;
@@ -417,6 +480,9 @@ def check_target(target, *, tokenizer: str | None = None, profile: str | None = 
     off): the label-level checks judge many conversations from one ``collate`` call
     (:mod:`sft_conformance.batch_judging`); ``run.collate_calls["served"]`` counts the batches
     served that way.
+
+    ``share`` (:class:`RunShare`): the tokenizer objects and collate memo of an earlier run on
+    the same target object, gone on from (the memo only when ``collate_once`` is on).
     """
     label = spec or (target if isinstance(target, str) else getattr(target, "name", "target"))
     try:
@@ -424,7 +490,7 @@ def check_target(target, *, tokenizer: str | None = None, profile: str | None = 
         d = declared(obj)
         pairs = list(iter_checks(obj, spec=str(label), tokenizer=tokenizer, profile=profile,
                                  only=only, shrink=shrink, distributed=distributed,
-                                 strict=strict, max_length=max_length))
+                                 strict=strict, max_length=max_length, share=share))
     except ConfigurationError as exc:
         return TargetRun(str(label), str(label), tokenizer or "", profile or "", error=str(exc))
     run = TargetRun(d.name, str(label), effective_tokenizer(tokenizer, d.tokenizer),
@@ -441,7 +507,8 @@ def check_target(target, *, tokenizer: str | None = None, profile: str | None = 
         batch_judging = enabled_by_default()
     if pairs and collate_once and not d.missing:
         ctx = pairs[0][0]  # one context for every check of the run
-        memo = ctx.target = CollateOnce(ctx.target)
+        memo = ctx.target = CollateOnce(ctx.target,
+                                        store=share.collates if share is not None else None)
         if batch_judging:
             _prepare_batch_judging(ctx, memo, [c for _, c in pairs])
     for ctx, check in pairs:
@@ -467,8 +534,7 @@ def _prepare_batch_judging(ctx, memo, checks) -> None:
     if not label:
         return
     try:
-        calls = batch_judging.record(probe, label)
-        object.__setattr__(memo, "served", batch_judging.prepare(probe, inner, calls))
+        object.__setattr__(memo, "served", batch_judging.record_and_prepare(probe, inner, label))
         object.__setattr__(memo, "gate",
                            lambda: ctx.drawing and not ctx.failed and not ctx.serve_closed)
     except Exception:  # never a verdict: without it every batch is asked of the target

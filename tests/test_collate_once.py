@@ -52,21 +52,64 @@ def test_identical_calls_are_made_once_and_copied(tok):
     assert inner.extra == 1
 
 
-def test_a_call_that_raises_is_not_remembered(tok):
-    class Flaky(Counting):
+def test_a_call_that_raised_raises_again_without_reaching_the_target(tok):
+    class Refusing(Counting):
         def collate(self, conversations, tokenizer, max_length):
             self.made += 1
-            if self.made == 1:
-                raise ValueError("first call fails")
-            return super().collate(conversations, tokenizer, max_length)
+            try:
+                {}["missing"]
+            except KeyError as cause:
+                raise ValueError("nothing to train", self.made) from cause
 
-    inner = Flaky()
+    inner = Refusing()
     memo = CollateOnce(inner)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError) as first:
         memo.collate([CONV], tok, 64)
-    memo.collate([CONV], tok, 64)
-    memo.collate([CONV], tok, 64)
-    assert inner.made == 3 - 1 + 1  # the failure, then one call remembered
+    with pytest.raises(ValueError) as again:
+        memo.collate([CONV], tok, 64)
+    assert inner.made == 1 and (memo.calls, memo.made) == (2, 1)
+    # a new object, like the first: same type, message and cause, same innermost frame (where
+    # Hypothesis tells one failure from another)
+    assert again.value is not first.value and again.value.args == ("nothing to train", 1)
+    assert isinstance(again.value.__cause__, KeyError)
+    assert again.traceback[-1].lineno == first.traceback[-1].lineno
+    assert again.traceback[-1].path == first.traceback[-1].path
+    # another call is the target's own
+    with pytest.raises(ValueError):
+        memo.collate([CONV], tok, 32)
+    assert inner.made == 2
+
+
+def test_an_exception_that_cannot_be_copied_is_not_remembered(tok):
+    class Odd(Exception):
+        def __init__(self, message, code):
+            super().__init__(message)  # args hold the message only: a copy cannot be built
+            self.code = code
+
+    class Raising(Counting):
+        def collate(self, conversations, tokenizer, max_length):
+            self.made += 1
+            raise Odd("refused", 7)
+
+    inner = Raising()
+    memo = CollateOnce(inner)
+    for _ in range(2):
+        with pytest.raises(Odd):
+            memo.collate([CONV], tok, 64)
+    assert inner.made == 2
+
+
+def test_a_run_share_goes_on_from_the_first_run(tok):
+    from sft_conformance.runner import RunShare
+    from sft_conformance.target import load_target
+
+    share, target = RunShare(), load_target("reference")  # one target object, two runs
+    first = check_target(target, profile="ci", only=["S4"], share=share)
+    again = check_target(target, profile="ci", only=["S4"], share=share)
+    alone = check_target("reference", profile="ci", only=["S4"])
+    assert first.collate_calls["made"] > 0 and again.collate_calls["made"] == 0
+    assert _verdicts(again) == _verdicts(alone)
+    assert list(share.tokenizers) == ["chatml"]
 
 
 def test_switch_off(monkeypatch):
