@@ -17,6 +17,8 @@ run can learn them first:
    ids of that conversation (the untrained glue after the last end token may be left out) and
    nothing but padding around them. Anything else (a packed row, a dropped or re-tokenized
    conversation, a refused chunk, keys that are not per row) is asked of the target itself.
+   When the first chunk call has no clean row, the recording stops there and nothing is
+   served (:func:`record_and_prepare`).
 
 The first pass of a check does not shrink. A check that does not pass on it runs again: the same
 draws, served up to the batch on which the first pass failed and asked of the target from there

@@ -220,3 +220,46 @@ def test_rows_that_depend_on_the_batch_are_never_served():
     (a,), (b,) = on.results, off.results
     assert a.status == b.status == "xfail", a.message
     assert (a.judged, a.message) == (b.judged, b.message)
+
+
+class RefusesEmptyAnswers(ReferenceTarget):
+    """Refuses a batch that holds an empty assistant message (as TRL's assistant-only loss does
+    when no assistant token is left): every chunk call of 64 drawn conversations is refused."""
+
+    batch_judging = True
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def collate(self, conversations, tokenizer, max_length):
+        self.calls.append(len(conversations))
+        if any(m["role"] == "assistant" and not m["content"] for c in conversations for m in c):
+            raise ValueError("an assistant message has no token to train")
+        return super().collate(conversations, tokenizer, max_length)
+
+
+def test_recording_stops_when_the_first_chunk_has_no_clean_row():
+    """A refused first chunk ends the recording pass (the label checks after it are not
+    recorded) and nothing is served; the checks' verdicts are those of a run without batch
+    judging."""
+    from sft_conformance.checks import CHECKS
+
+    target = RefusesEmptyAnswers()
+    ctx = make_context(target)
+    checks = [c for c in CHECKS if c.id in batch_judging.LABEL_LEVEL]
+    full = batch_judging.record(ctx, checks)
+    chunk = batch_judging.first_chunk(full)
+    assert chunk is not None and len(chunk[2]) == batch_judging.CHUNK
+    with pytest.raises(ValueError):  # the premise: the target refuses the first chunk
+        target.collate(chunk[2], chunk[0], chunk[1])
+    target.calls.clear()
+    assert batch_judging.record_and_prepare(ctx, target, checks) == {}
+    assert target.calls == [batch_judging.CHUNK]  # one chunk call, then no more
+    only = ["S2", "S10"]
+    on = check_target(RefusesEmptyAnswers(), spec="refuses", profile="ci", only=only)
+    off = check_target(RefusesEmptyAnswers(), spec="refuses", profile="ci", only=only,
+                       batch_judging=False)
+    assert on.collate_calls["served"] == 0
+    assert [(r.id, r.status, r.judged, r.message) for r in on.results] == \
+        [(r.id, r.status, r.judged, r.message) for r in off.results]
