@@ -179,7 +179,8 @@ def _restarts(batch: dict, row: int) -> int:
 
 
 def locate_examples(batch: dict, expected_ids: list[list[int]], *, pad_id: int | None,
-                    droppable_tail: list[bool] | None = None) -> list[Segment | None]:
+                    droppable_tail: list[bool] | None = None,
+                    splits_documents: bool = False) -> list[Segment | None]:
     """Where each example sits in the batch, found by its ids (never by row order, never by the
     attention mask): a contiguous run of the example's ids in any row, packed or not.
 
@@ -190,6 +191,12 @@ def locate_examples(batch: dict, expected_ids: list[list[int]], *, pad_id: int |
     between attended positions), else a whole row (its extent from the attention mask, else
     without the pad tokens at either end), so the checks can still show what differs; an
     example with no such document or row gets None.
+
+    ``splits_documents`` (a target that declares it cuts documents across rows): a packed row
+    that holds a found example offers none of its other documents. The head of a document cut
+    at such a row's end is no conversation of its own (S8 locates split documents); paired
+    with a conversation found nowhere, it read as that conversation with its ids cut short
+    (a false S1/S2/S4/S11 failure of torchtune's split packing on qwen2.5's special strings).
     """
     rows = batch["input_ids"].tolist()
     order = sorted(range(len(expected_ids)), key=lambda i: -len(expected_ids[i]))
@@ -216,6 +223,7 @@ def locate_examples(batch: dict, expected_ids: list[list[int]], *, pad_id: int |
         claimed = [s for s in found if s is not None]
         for d in document_segments(batch):
             if (d.row in packed and any(t != pad_id for t in rows[d.row][d.start:d.stop])
+                    and not (splits_documents and d.row in used_rows)
                     and not any(c.row == d.row and c.start < d.stop and d.start < c.stop
                                 for c in claimed)):
                 documents.setdefault(d.row, []).append(d)

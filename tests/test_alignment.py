@@ -81,3 +81,24 @@ def test_a_packed_row_that_holds_a_found_example_offers_its_other_documents():
     assert segs == [Segment(0, 0, 4), Segment(0, 4, 10)]
     examples = [_Example(found_ids), _Example(EXPECTED)]
     assert dropped_examples(batch, examples, segs, PAD) == []
+
+
+def test_a_split_document_is_no_conversation_of_its_own_under_splits_documents():
+    """torchtune's PackedDataset(split_across_pack=True) on qwen2.5's special strings: a
+    conversation that does not fit is cut, its head at the end of a row that holds a found
+    conversation, its tail at the start of the next row (positions continuing). Offered to the
+    conversation found nowhere, the head read as that conversation with ids cut short: false
+    S1, S2, S4 and S11 failures. A target that declares ``splits_documents`` offers no document
+    of a row that holds a found example (S8 locates split documents); one that does not still
+    pairs it (the test above)."""
+    found_ids, other = [1, 2, 3, 4], [1, 5, 6]
+    cut = [1, 9, 2, 3, 4, 5, 6, 7]  # one conversation: 5 tokens in row 0, 3 in row 1
+    rows = [found_ids + cut[:5], cut[5:] + other + [PAD] * 3]
+    batch = {"input_ids": torch.tensor(rows),
+             "position_ids": torch.tensor([list(range(4)) + list(range(5)),
+                                           [5, 6, 7, 0, 1, 2, 0, 0, 0]])}
+    expected = [found_ids, other, cut]
+    assert locate_examples(batch, expected, pad_id=PAD, splits_documents=True) == \
+        [Segment(0, 0, 4), Segment(1, 3, 6), None]
+    paired = locate_examples(batch, expected, pad_id=PAD)
+    assert paired == [Segment(0, 0, 4), Segment(1, 3, 6), Segment(0, 4, 9)]

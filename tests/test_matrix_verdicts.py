@@ -117,3 +117,23 @@ def test_torchtune_verdicts(target):
     pytest.importorskip("torchtune")
     PINNED.setdefault(target, TORCHTUNE[target])
     _compare(target, list(TORCHTUNE[target]))
+
+
+def test_torchtune_split_packing_on_qwen25_special_strings():
+    """torchtune's split_across_pack=True on qwen2.5 (tox -e torchtune): the pinned special
+    strings pack 120 conversations, and one is cut across two rows. Its head sits in a row of
+    whole conversations; paired with the cut conversation it read as that conversation with
+    its ids cut short (false S1/S2/S4/S11 failures, commit d05fbf8 to a30a7b1). The verdicts and
+    judged counts are those of reports/conformance-qwen2.5.json."""
+    pytest.importorskip("torchtune")
+    import json
+    from pathlib import Path
+
+    stored = next(r for r in json.loads((Path(__file__).resolve().parent.parent / "reports"
+                                         / "conformance-qwen2.5.json").read_text())["runs"]
+                  if r["target"] == "torchtune-packed-split")
+    only = ["S1", "S2", "S4", "S11"]
+    run = check_target("torchtune-packed-split", tokenizer="qwen2.5", profile="ci", only=only)
+    got = {r.id: (r.status, r.judged) for r in run.results}
+    want = {c["id"]: (c["status"], c["judged"]) for c in stored["checks"] if c["id"] in only}
+    assert got == want, {k: r.message for k, r in zip(got, run.results) if got[k] != want[k]}

@@ -120,6 +120,7 @@ def segments_for(ctx, batch, exs, convs, *, tok, pad_equals_eos=False, want=None
         [e.input_ids for e in exs],
         pad_id=tok.pad_token_id,
         droppable_tail=droppable_tails(exs, want),
+        splits_documents=ctx.decl.splits_documents,
     )
 
 
