@@ -193,10 +193,11 @@ def locate_examples(batch: dict, expected_ids: list[list[int]], *, pad_id: int |
     example with no such document or row gets None.
 
     ``splits_documents`` (a target that declares it cuts documents across rows): a packed row
-    that holds a found example offers none of its other documents. The head of a document cut
-    at such a row's end is no conversation of its own (S8 locates split documents); paired
+    that holds a found example does not offer its first and last documents, where a document
+    cut across rows lies. The head of such a document is no conversation of its own: paired
     with a conversation found nowhere, it read as that conversation with its ids cut short
     (a false S1/S2/S4/S11 failure of torchtune's split packing on qwen2.5's special strings).
+    The documents between them are whole, and are offered.
     """
     rows = batch["input_ids"].tolist()
     order = sorted(range(len(expected_ids)), key=lambda i: -len(expected_ids[i]))
@@ -221,9 +222,15 @@ def locate_examples(batch: dict, expected_ids: list[list[int]], *, pad_id: int |
     documents: dict[int, list[Segment]] = {}
     if packed:
         claimed = [s for s in found if s is not None]
-        for d in document_segments(batch):
-            if (d.row in packed and any(t != pad_id for t in rows[d.row][d.start:d.stop])
-                    and not (splits_documents and d.row in used_rows)
+        real = [d for d in document_segments(batch)
+                if d.row in packed and any(t != pad_id for t in rows[d.row][d.start:d.stop])]
+        # a document cut across rows sits at the end of one row and the start of the next
+        edges: dict[int, set] = {}
+        for r in {d.row for d in real}:
+            starts = [d.start for d in real if d.row == r]
+            edges[r] = {min(starts), max(starts)}
+        for d in real:
+            if (not (splits_documents and d.row in used_rows and d.start in edges[d.row])
                     and not any(c.row == d.row and c.start < d.stop and d.start < c.stop
                                 for c in claimed)):
                 documents.setdefault(d.row, []).append(d)

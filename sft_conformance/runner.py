@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import platform
+import sys
 import time
 import traceback
 import warnings
@@ -387,16 +388,22 @@ class CollateOnce:
                 object.__setattr__(self, "last_served", True)
                 return copy.deepcopy(cut[1])
         hit = self._memo.get(key) if key is not None else None
+        # a call made while an exception is being handled gets that one as the context of
+        # whatever it raises: its refusals are neither remembered nor replayed
+        handling = sys.exc_info()[1] is not None
         if hit is not None and hit[0] is tokenizer:
-            if isinstance(hit[1], _Raised):
+            if not isinstance(hit[1], _Raised):
+                return copy.deepcopy(hit[1])
+            if not handling:
                 raise hit[1].again()
-            return copy.deepcopy(hit[1])
         object.__setattr__(self, "made", self.made + 1)
         try:
             batch = self._inner.collate(conversations, tokenizer, max_length)
         except Exception as exc:
-            if key is not None and _Raised.copyable(exc):
-                self._memo[key] = (tokenizer, _Raised(exc))
+            if key is not None and not handling:
+                raised = _Raised.remember(exc)
+                if raised is not None:
+                    self._memo[key] = (tokenizer, raised)
             raise
         if key is not None:
             try:  # the tokenizer is held, so its id is not reused by another object
@@ -407,12 +414,15 @@ class CollateOnce:
 
 
 class _Raised:
-    """What a remembered ``collate`` call raised (:class:`CollateOnce`)."""
+    """What a remembered ``collate`` call raised (:class:`CollateOnce`): a copy of the exception
+    and the target's part of its traceback, the frames' locals cleared (a frame keeps its
+    caller, so a kept traceback would keep the whole stack of the call, batches and trainer
+    objects included, alive for the run)."""
 
-    __slots__ = ("exc",)
+    __slots__ = ("exc", "tb")
 
-    def __init__(self, exc: Exception):
-        self.exc = exc
+    def __init__(self, exc: Exception, tb):
+        self.exc, self.tb = exc, tb
 
     @staticmethod
     def _copy(exc: Exception) -> Exception:
@@ -423,20 +433,31 @@ class _Raised:
             raise TypeError("not a faithful copy")
         new.__cause__, new.__context__ = exc.__cause__, exc.__context__
         new.__suppress_context__ = exc.__suppress_context__
+        if getattr(exc, "__notes__", None) is not None:
+            new.__notes__ = list(exc.__notes__)
         return new
 
     @classmethod
-    def copyable(cls, exc: Exception) -> bool:
+    def remember(cls, exc: Exception) -> _Raised | None:
+        """``exc``, as :class:`CollateOnce` caught it, ready to raise again; None when a
+        faithful copy cannot be built (a constructor that does not take its own ``args``)."""
         try:
-            cls._copy(exc)
-        except Exception:  # a constructor that does not take its own args: not remembered
-            return False
-        return True
+            kept = cls._copy(exc)
+        except Exception:
+            return None
+        tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None  # the target's
+        seen: set = set()
+        chained: BaseException | None = exc
+        while chained is not None and id(chained) not in seen:  # and those of its causes
+            seen.add(id(chained))
+            traceback.clear_frames(tb if chained is exc else chained.__traceback__)
+            chained = chained.__cause__ or chained.__context__
+        return cls(kept, tb)
 
     def again(self) -> Exception:
         """A new exception like the remembered one, on the remembered traceback (re-raising the
         one object would grow its traceback with every call)."""
-        return self._copy(self.exc).with_traceback(self.exc.__traceback__)
+        return self._copy(self.exc).with_traceback(self.tb)
 
 
 @dataclass

@@ -102,3 +102,18 @@ def test_a_split_document_is_no_conversation_of_its_own_under_splits_documents()
         [Segment(0, 0, 4), Segment(1, 3, 6), None]
     paired = locate_examples(batch, expected, pad_id=PAD)
     assert paired == [Segment(0, 0, 4), Segment(1, 3, 6), Segment(0, 4, 9)]
+
+
+def test_under_splits_documents_a_whole_document_between_the_edges_is_still_offered():
+    """Only a row's first and last documents can be pieces of a split one: a conversation
+    rendered otherwise (found nowhere by its ids) that sits between them is still paired, so
+    S1 reports its ids instead of skipping it as split."""
+    found_ids = [1, 2, 3, 4]
+    cut = [1, 9, 2, 3, 4, 5, 6, 7]  # 3 tokens at the end of row 0, 5 at the start of row 1
+    rows = [found_ids + RENDERED + cut[:3], cut[3:] + [PAD] * 8]
+    batch = {"input_ids": torch.tensor(rows),
+             "position_ids": torch.tensor([list(range(4)) + list(range(6)) + [0, 1, 2],
+                                           [3, 4, 5, 6, 7] + [0] * 8])}
+    segs = locate_examples(batch, [found_ids, EXPECTED, cut], pad_id=PAD, splits_documents=True)
+    assert segs[0] == Segment(0, 0, 4) and segs[1] == Segment(0, 4, 10)
+    assert segs[2] == Segment(1, 0, 5)  # row 1 holds no found example: its document is offered

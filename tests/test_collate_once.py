@@ -80,6 +80,60 @@ def test_a_call_that_raised_raises_again_without_reaching_the_target(tok):
     assert inner.made == 2
 
 
+def test_a_remembered_refusal_keeps_no_frame_alive(tok):
+    """The memo keeps a refusal's exception and the target's frames without their locals: a
+    large object the target held when it raised is freed (a kept frame would also keep its
+    callers, the whole stack of the check)."""
+    import gc
+    import weakref
+
+    class Big:
+        pass
+
+    refs = []
+
+    class Holding(Counting):
+        def collate(self, conversations, tokenizer, max_length):
+            held = Big()
+            refs.append(weakref.ref(held))
+            raise ValueError("refused")
+
+    memo = CollateOnce(Holding())
+    with pytest.raises(ValueError):
+        memo.collate([CONV], tok, 64)
+    gc.collect()
+    assert refs[0]() is None
+    with pytest.raises(ValueError):  # still replayed
+        memo.collate([CONV], tok, 64)
+    assert len(refs) == 1
+
+
+def test_a_call_made_while_handling_an_exception_is_not_replayed(tok):
+    """Inside an ``except`` block an exception takes the handled one as its context (where
+    Hypothesis looks too): such a call reaches the target, and its refusal is not kept."""
+
+    class Refusing(Counting):
+        def collate(self, conversations, tokenizer, max_length):
+            self.made += 1
+            raise ValueError("refused")
+
+    inner = Refusing()
+    memo = CollateOnce(inner)
+    for _ in range(2):
+        try:
+            raise KeyError("handled")
+        except KeyError:
+            with pytest.raises(ValueError) as info:
+                memo.collate([CONV], tok, 64)
+            assert isinstance(info.value.__context__, KeyError)
+    assert inner.made == 2
+    with pytest.raises(ValueError):  # outside a handler: made, remembered, then replayed
+        memo.collate([CONV], tok, 64)
+    with pytest.raises(ValueError) as info:
+        memo.collate([CONV], tok, 64)
+    assert inner.made == 3 and info.value.__context__ is None
+
+
 def test_an_exception_that_cannot_be_copied_is_not_remembered(tok):
     class Odd(Exception):
         def __init__(self, message, code):
