@@ -139,21 +139,29 @@ def record(ctx, checks, keep_going=None) -> list:
     return stand_in.calls
 
 
+def _groups(calls) -> dict:
+    """``{(id(tokenizer), max_length): (tokenizer, max_length, {repr: conversation})}``: the
+    recorded conversations, each once, per tokenizer and ``max_length``, in the order of the
+    calls (the chunk calls of :func:`prepare`)."""
+    groups: dict = {}
+    for convs, tok, max_length in calls:
+        g = groups.setdefault((id(tok), max_length), (tok, max_length, {}))
+        for c in convs:
+            g[2].setdefault(repr(c), c)
+    return groups
+
+
 def first_chunk(calls):
     """``(tokenizer, max_length, conversations)`` of the first chunk call :func:`prepare` makes
     on these calls, once they fix it (:data:`CHUNK` distinct conversations of the first call's
     tokenizer and ``max_length``: calls recorded later only add chunks after it); else None."""
-    if not calls:
+    groups = _groups(calls)
+    if not groups:
         return None
-    tok, max_length = calls[0][1], calls[0][2]
-    unique: dict = {}
-    for convs, t, m in calls:
-        if id(t) == id(tok) and m == max_length:
-            for c in convs:
-                unique.setdefault(repr(c), c)
-                if len(unique) == CHUNK:
-                    return tok, max_length, list(unique.values())
-    return None
+    tok, max_length, unique = next(iter(groups.values()))
+    if len(unique) < CHUNK:
+        return None
+    return tok, max_length, list(unique.values())[:CHUNK]
 
 
 def record_and_prepare(ctx, inner, checks) -> dict:
@@ -248,13 +256,8 @@ def prepare(ctx, inner, calls, done: dict | None = None) -> dict:
     """``{call key: batch}``: each recorded call whose conversations all have clean rows in
     the chunk calls, cut from them. ``done``: ``{(id(tokenizer), max_length, start): rows}``
     of chunk calls already made (:func:`record_and_prepare`)."""
-    groups: dict = {}
-    for convs, tok, max_length in calls:
-        g = groups.setdefault((id(tok), max_length), (tok, max_length, {}))
-        for c in convs:
-            g[2].setdefault(repr(c), c)
     rows: dict = {}
-    for (tid, max_length), (tok, _, unique) in groups.items():
+    for (tid, max_length), (tok, _, unique) in _groups(calls).items():
         convs = list(unique.values())
         for k in range(0, len(convs), CHUNK):
             made = (done or {}).get((tid, max_length, k))
